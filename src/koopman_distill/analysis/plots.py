@@ -1,0 +1,237 @@
+"""Figures for 2-D runs and Koopman operators, written as PNG files.
+
+Figures are built with matplotlib's object API on an Agg canvas: this module never imports
+``pyplot``, so it neither switches the global backend nor keeps figures alive. Styling is
+applied with a temporary ``rc_context``. Every PNG is written atomically (a failed write
+leaves no partial file) and every function returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle, Rectangle
+
+from ..data.checkerboard import N_SQUARES, SCALE, inside_fraction, square_corners, square_index
+from ..errors import KDMError
+from ..io import atomic_write
+from ..metrics.twod import as_points
+
+DPI = 150
+BOARD_LIM = 5.5  # axis half-width for checkerboard panels
+PANEL_SIZE = 4.0  # inches per panel
+SQUARE_COLORS = matplotlib.colormaps["Dark2"].colors[:N_SQUARES]  # qualitative, no pure red
+OUTLIER_COLOR = "red"
+DEFAULT_LOSS_KEYS = ("loss", "latent", "rec", "push")
+_STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "grid.linewidth": 0.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+}
+
+
+def _figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout figure on its own Agg canvas and its axes, shape (nrows, ncols)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
+    """Write ``fig`` as PNG to ``out_png`` atomically and return the path."""
+    path = Path(out_png)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    return path
+
+
+def _board(ax: Any, lim: float = BOARD_LIM) -> None:
+    """Square axes with limits [-lim, lim] and the occupied squares outlined lightly."""
+    for corner in square_corners():
+        ax.add_patch(Rectangle(tuple(corner), SCALE, SCALE, fill=False, edgecolor="0.5",
+                               linewidth=0.6, alpha=0.6, zorder=0))
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+
+
+def _scatter(ax: Any, pts: np.ndarray, **kw: Any) -> None:
+    """Small rasterised markers, so 10^5 points keep the file light."""
+    ax.scatter(pts[:, 0], pts[:, 1], s=kw.pop("s", 1.0), linewidths=kw.pop("linewidths", 0),
+               rasterized=True, **kw)
+
+
+def scatter_compare(panels: Mapping[str, Any], out_png: str | os.PathLike,
+                    title: str | None = None) -> Path:
+    """Side-by-side scatter panels of 2-D samples on the checkerboard.
+
+    ``panels`` maps a label (e.g. ``"teacher (NFE 100)"``, ``"KDM (1 step)"``) to points of
+    shape (N, 2). Every panel has the limits [-5.5, 5.5]^2, the occupied squares outlined and
+    the inside fraction in its title.
+    """
+    if not panels:
+        raise KDMError("scatter_compare needs at least one panel")
+    data = {name: as_points(pts, f"panel {name!r}", dim=2) for name, pts in panels.items()}
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _figure(1, len(data), PANEL_SIZE * len(data), PANEL_SIZE + 0.4)
+        for ax, (name, pts) in zip(axes[0], data.items(), strict=True):
+            _board(ax)
+            _scatter(ax, pts, color="C0", alpha=0.5)
+            ax.set_title(f"{name}\ninside {inside_fraction(pts):.2%} (n={len(pts):,})")
+        if title:
+            fig.suptitle(title)
+        return _save(fig, out_png)
+
+
+def _by_square(ax: Any, pts: np.ndarray, idx: np.ndarray) -> None:
+    """Scatter ``pts`` (N, 2) coloured by square index ``idx`` (N,), -1 as red crosses."""
+    for k in range(N_SQUARES):
+        _scatter(ax, pts[idx == k], color=SQUARE_COLORS[k], alpha=0.6)
+    out = pts[idx < 0]  # drawn last: the outliers are the point of the picture
+    _scatter(ax, out, color=OUTLIER_COLOR, marker="x", s=6.0, linewidths=0.6)
+
+
+def noise_structure(rows: Mapping[str, tuple[Any, Any]], out_png: str | os.PathLike,
+                    title: str | None = None) -> Path:
+    """The noise-structure picture: which noise lands in which square.
+
+    ``rows`` maps a method name (e.g. ``"teacher"``, ``"KDM"``) to ``(noise, samples)``, both
+    of shape (N, 2) with ``samples[i]`` generated from ``noise[i]``. Each row has two panels:
+    left the samples coloured by :func:`square_index` (8 qualitative colours; points in no
+    square as red crosses), right the noise plane with each noise point coloured by the
+    square its sample lands in. For a good one-step map the colours form contiguous angular
+    sectors, and the outliers come from the sector boundaries (reference §9.1).
+    """
+    if not rows:
+        raise KDMError("noise_structure needs at least one (noise, samples) row")
+    data = {}
+    for name, pair in rows.items():
+        if len(pair) != 2:
+            raise KDMError(f"row {name!r} must be a (noise, samples) pair")
+        noise = as_points(pair[0], f"{name} noise", dim=2)
+        samples = as_points(pair[1], f"{name} samples", dim=2)
+        if len(noise) != len(samples):
+            raise KDMError(f"row {name!r}: noise has {len(noise)} points but samples has "
+                           f"{len(samples)}; they must be paired row by row")
+        data[name] = (noise, samples, square_index(samples))
+    noise_lim = 1.05 * max(np.abs(noise).max() for noise, _, _ in data.values())
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _figure(len(data), 2, 2 * PANEL_SIZE, (PANEL_SIZE + 0.3) * len(data))
+        for (left, right), (name, (noise, samples, idx)) in zip(axes, data.items(), strict=True):
+            outside = float(np.mean(idx < 0))
+            _board(left)
+            _by_square(left, samples, idx)
+            left.set_title(f"{name}: samples, outside squares {outside:.2%}")
+            _by_square(right, noise, idx)
+            right.set_xlim(-noise_lim, noise_lim)
+            right.set_ylim(-noise_lim, noise_lim)
+            right.set_aspect("equal")
+            right.set_title(f"{name}: noise coloured by landing square")
+        if title:
+            fig.suptitle(title)
+        return _save(fig, out_png)
+
+
+def spectrum(eigenvalues: Mapping[str, Any], out_png: str | os.PathLike,
+             title: str | None = None) -> Path:
+    """Eigenvalues in the complex plane against the unit circle.
+
+    ``eigenvalues`` maps a label to a 1-D array of complex eigenvalues (K,), e.g.
+    ``np.linalg.eigvals(K)``. The legend names each entry with its count; a text box gives
+    each entry's spectral radius (max |λ|) and how many eigenvalues lie outside the circle.
+    """
+    if not eigenvalues:
+        raise KDMError("spectrum needs at least one set of eigenvalues")
+    data = {}
+    for name, ev in eigenvalues.items():
+        if hasattr(ev, "detach"):
+            ev = ev.detach().cpu().numpy()
+        arr = np.asarray(ev)
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
+            raise KDMError(f"eigenvalues {name!r} must be a non-empty 1-D numeric array, got "
+                           f"shape {arr.shape}; pass np.linalg.eigvals(K), not K")
+        arr = arr.astype(np.complex128)
+        if not np.isfinite(arr).all():
+            raise KDMError(f"eigenvalues {name!r} hold {int((~np.isfinite(arr)).sum())} "
+                           "NaN/inf values")
+        data[name] = arr
+    lim = max(1.15, 1.08 * max(np.abs(np.concatenate([a.real, a.imag])).max()
+                               for a in data.values()))
+    lines = []
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _figure(1, 1, PANEL_SIZE + 0.8, PANEL_SIZE + 0.8)
+        ax = axes[0, 0]
+        ax.add_patch(Circle((0, 0), 1.0, fill=False, color="0.3", linestyle="--", linewidth=0.8))
+        for i, (name, ev) in enumerate(data.items()):
+            ax.scatter(ev.real, ev.imag, s=10, alpha=0.6, color=f"C{i}", linewidths=0,
+                       label=f"{name} (n={ev.size})")
+            mod = np.abs(ev)
+            lines.append(f"{name}: spectral radius max|λ| = {mod.max():.4g}, "
+                         f"{int((mod > 1).sum())}/{ev.size} with |λ| > 1")
+        ax.text(0.02, 0.02, "\n".join(lines), transform=ax.transAxes, fontsize=7,
+                va="bottom", bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xlabel("Re(λ)")
+        ax.set_ylabel("Im(λ)")
+        ax.legend(loc="upper right")
+        ax.set_title(title or "Koopman spectrum")
+        return _save(fig, out_png)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def loss_curves(log_rows: Sequence[Mapping[str, Any]], out_png: str | os.PathLike,
+                keys: Sequence[str] | None = None, title: str | None = None) -> Path:
+    """Training curves on a log scale from the trainer's ``log.jsonl`` rows.
+
+    Each row needs an integer ``"step"``; a key is plotted at the steps where it holds a
+    number. ``keys`` defaults to those of :data:`DEFAULT_LOSS_KEYS` present in the rows plus
+    any numeric key whose name contains ``"loss"``. Non-positive and non-finite values are
+    left out (a log axis cannot show them).
+    """
+    if not log_rows:
+        raise KDMError("loss_curves needs at least one log row")
+    for i, row in enumerate(log_rows):
+        if not _is_number(row.get("step")):
+            raise KDMError(f"log row {i} has no numeric 'step': {dict(row)}")
+    present = list(dict.fromkeys(k for row in log_rows for k, v in row.items()
+                                 if k != "step" and _is_number(v)))
+    if keys is None:
+        keys = [k for k in present if k in DEFAULT_LOSS_KEYS or "loss" in k.lower()]
+        if not keys:
+            raise KDMError(f"no loss keys in the log rows; numeric keys are {present}; "
+                           "pass keys=[...]")
+    missing = [k for k in keys if k not in present]
+    if missing:
+        raise KDMError(f"keys {missing} not found in the log rows; numeric keys are {present}")
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _figure(1, 1, 1.6 * PANEL_SIZE, PANEL_SIZE)
+        ax = axes[0, 0]
+        for i, key in enumerate(keys):
+            pts = np.array([(row["step"], row[key]) for row in log_rows
+                            if _is_number(row.get(key))], dtype=np.float64).reshape(-1, 2)
+            pts = pts[np.isfinite(pts[:, 1]) & (pts[:, 1] > 0)]
+            ax.plot(pts[:, 0], pts[:, 1], color=f"C{i}", linewidth=1.0, label=key)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+        if title:
+            ax.set_title(title)
+        return _save(fig, out_png)

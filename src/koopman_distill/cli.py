@@ -1,0 +1,293 @@
+"""The ``kdm`` command line: thin argument parsing over :mod:`koopman_distill.api`.
+
+Every user-facing failure prints one ``kdm: error: ...`` line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, apply_overrides, preset
+from .errors import KDMError
+from .io import atomic_write, write_json
+
+EPILOG = ("Any config value can be set with --set section.field=value (repeatable), e.g. "
+          "--set train.steps=5000 --set model.koopman=eigen; `kdm config` prints them all.")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise KDMError(f"{message} (see `{self.prog} --help`)")
+
+
+def _config(args: argparse.Namespace, base: Config | None = None) -> Config:
+    cfg = base if base is not None else preset(args.preset)
+    return apply_overrides(cfg, args.set or [])
+
+
+def _add_config_args(p: argparse.ArgumentParser, with_preset: bool = True) -> None:
+    if with_preset:
+        p.add_argument("--preset", default="checkerboard",
+                       help="named configuration (default: checkerboard); see `kdm config`")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one config value, e.g. train.steps=2000")
+
+
+def _save_array(path: str, arr: np.ndarray) -> None:
+    if not path.endswith(".npy"):
+        raise KDMError(f"output file {path} must end in .npy")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+
+    atomic_write(path, write)
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_config(args: argparse.Namespace) -> None:
+    print(_config(args).to_json())
+
+
+def cmd_teacher_train(args: argparse.Namespace) -> None:
+    from . import api
+
+    if args.resume:
+        print(f"teacher run: {api.resume_run(args.resume)}")
+        return
+    if not args.out:
+        raise KDMError("give --out RUN_DIR for a new teacher run (or --resume RUN_DIR)")
+    cfg = _config(args)
+    if args.data:
+        cfg.data.source = args.data
+    print(f"teacher run: {api.train_teacher(cfg, args.out)}")
+
+
+def cmd_pairs(args: argparse.Namespace) -> None:
+    from . import api
+
+    cfg, _ = api.read_run(args.teacher)
+    cfg = _config(args, cfg)
+    if args.n is not None:
+        cfg.pairs.n = args.n
+    if args.seed is not None:
+        cfg.pairs.seed = args.seed
+    store = api.make_pairs(args.teacher, args.out, cfg)
+    m = store.manifest
+    print(f"pair store: {args.out} ({m['count']} pairs, {len(m['shards'])} shards, "
+          f"sampler {m['sampler']['method']} x{m['sampler']['steps']}, NFE {m['nfe']})")
+
+
+def cmd_pairs_import(args: argparse.Namespace) -> None:
+    from .pairs import import_npz_folder, import_trajectory
+
+    src = Path(args.src)
+    kw = {"order": args.order, "sigma_max": args.sigma_max, "shard_size": args.shard_size}
+    if src.is_dir():
+        store = import_npz_folder(str(src), args.out, **kw)
+    elif src.is_file():
+        store = import_trajectory(str(src), args.out, **kw)
+    else:
+        raise KDMError(f"import source not found: {src}")
+    m = store.manifest
+    print(f"pair store: {args.out} ({m['count']} pairs of shape {tuple(m['shape'])}, "
+          f"sigma_max {m['sigma_max']:g})")
+
+
+def cmd_pairs_verify(args: argparse.Namespace) -> None:
+    from .pairs import PairStore
+
+    problems = PairStore(args.store).verify()
+    if problems:
+        raise KDMError(f"{len(problems)} problem(s): " + "; ".join(problems))
+    print(f"{args.store}: ok")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from . import api
+
+    if args.resume:
+        print(f"run: {api.resume_run(args.resume)}")
+        return
+    if not (args.pairs and args.out):
+        raise KDMError("give --pairs STORE and --out RUN_DIR (or --resume RUN_DIR)")
+    print(f"run: {api.train_kdm(_config(args), args.pairs, args.out)}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from .api import load_run
+    from .data.arrays import load_points
+
+    if not args.out.endswith(".npy"):
+        raise KDMError(f"--out {args.out} must end in .npy")
+    gen = load_run(args.run, ema=not args.raw)
+    if args.noise:
+        samples = gen.map(load_points(args.noise, gen.meta["dim"], what="noise"))
+    else:
+        if args.n is None or args.n < 1:
+            raise KDMError("give --n N (>= 1) or --noise NOISE.npy")
+        samples = gen.sample(args.n, args.seed)
+    _save_array(args.out, samples)
+    print(f"wrote {len(samples)} samples to {args.out}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    if args.samples:
+        _eval_samples(args)
+        return
+    if not args.run:
+        raise KDMError("give a RUN directory, or --samples FILE.npy")
+    from .api import read_run
+    from .evaluate import evaluate_run
+
+    cfg, _ = read_run(args.run)
+    cfg = _config(args, cfg)
+    result = evaluate_run(args.run, cfg.eval, args.out, make_plots=not args.no_plots)
+    _print_eval(result)
+
+
+def _eval_samples(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data.arrays import load_points
+    from .data.checkerboard import sample_checkerboard
+    from .metrics.twod import evaluate_2d
+
+    cfg = _config(args)
+    x = load_points(args.samples, what="samples")
+    if args.reference:
+        ref, name = load_points(args.reference, what="reference"), args.reference
+    else:
+        g = torch.Generator().manual_seed(cfg.eval.reference_seed)
+        ref, name = sample_checkerboard(len(x), g).numpy(), "checkerboard samples"
+    res = {"samples": args.samples, "settings": {**cfg.eval.__dict__, "reference": name},
+           **evaluate_2d(x, reference=ref, projections=cfg.eval.projections,
+                         seed=cfg.eval.seed, energy_n=cfg.eval.energy_n)}
+    if args.out:
+        write_json(Path(args.out) / "eval.json", res)
+    print(json.dumps(res, indent=2))
+
+
+def _print_eval(result: dict) -> None:
+    from .demo import results_table
+
+    print(results_table(result))
+    for k, v in result.get("plots", {}).items():
+        print(f"{k}: {v}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    cfg = _config(args)
+    result = run_demo(cfg, args.out)
+    print("\nResults (checkerboard, N = {n}):".format(n=result["settings"]["n"]))
+    _print_eval(result)
+    print(f"eval: {Path(args.out) / 'kdm' / 'eval' / 'eval.json'}")
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kdm", description="Koopman distillation: one-step generators from "
+                "diffusion and flow-matching teachers.", epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                           metavar="{config,teacher,pairs,train,sample,eval,demo}")
+
+    s = sub.add_parser("config", help="print the resolved config of a preset as JSON")
+    _add_config_args(s)
+    s.set_defaults(fn=cmd_config)
+
+    s = sub.add_parser("teacher", help="teacher commands: `kdm teacher train`")
+    tsub = s.add_subparsers(dest="teacher_command", required=True, parser_class=_Parser)
+    t = tsub.add_parser("train", help="train a flow-matching teacher", epilog=EPILOG)
+    t.add_argument("--out", help="new run directory")
+    t.add_argument("--data", help="a .npy point cloud (N, 2) instead of the checkerboard")
+    t.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
+    _add_config_args(t)
+    t.set_defaults(fn=cmd_teacher_train)
+
+    s = sub.add_parser("pairs", help="run a teacher on seeded noise into a pair store; "
+                       "`kdm pairs import` / `kdm pairs verify`", epilog=EPILOG)
+    s.add_argument("--teacher", required=True, help="teacher run directory")
+    s.add_argument("--out", required=True, help="pair store directory (resumed if it exists)")
+    s.add_argument("--n", type=int, help="number of pairs (pairs.n)")
+    s.add_argument("--seed", type=int, help="base noise seed (pairs.seed)")
+    _add_config_args(s, with_preset=False)
+    s.set_defaults(fn=cmd_pairs)
+
+    s = sub.add_parser("pairs-import")
+    s.prog = "kdm pairs import"
+    s.add_argument("src", help="a (T, N, D) trajectory .npy, or a folder of per-example .npz")
+    s.add_argument("--out", required=True, help="new pair store directory")
+    s.add_argument("--order", choices=["auto", "noise-first", "clean-first"], default="auto",
+                   help="which trajectory end is noise (auto: detect from statistics)")
+    s.add_argument("--sigma-max", type=float, help="noise scale (default: measured)")
+    s.add_argument("--shard-size", type=int, default=10_000)
+    s.set_defaults(fn=cmd_pairs_import)
+
+    s = sub.add_parser("pairs-verify")
+    s.prog = "kdm pairs verify"
+    s.add_argument("store")
+    s.set_defaults(fn=cmd_pairs_verify)
+
+    s = sub.add_parser("train", help="distill a pair store into a one-step KDM", epilog=EPILOG)
+    s.add_argument("--pairs", help="pair store directory")
+    s.add_argument("--out", help="new run directory")
+    s.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
+    _add_config_args(s)
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sample", help="one-step samples from a KDM run")
+    s.add_argument("run")
+    s.add_argument("--n", type=int, help="number of samples")
+    s.add_argument("--out", required=True, help="output .npy (N, D)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--noise", help="map this noise .npy (N, D) instead of drawing it")
+    s.add_argument("--raw", action="store_true", help="use the raw weights, not the EMA")
+    s.set_defaults(fn=cmd_sample)
+
+    s = sub.add_parser("eval", help="metrics and plots of a KDM run (or of a samples file)",
+                       epilog=EPILOG)
+    s.add_argument("run", nargs="?")
+    s.add_argument("--samples", help="evaluate this .npy (N, 2) instead of a run")
+    s.add_argument("--reference", help="with --samples: reference .npy (default: checkerboard)")
+    s.add_argument("--out", help="output directory (default RUN/eval)")
+    s.add_argument("--no-plots", action="store_true")
+    _add_config_args(s)
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("demo", help="the whole pipeline on the checkerboard in a few minutes",
+                       epilog=EPILOG)
+    s.add_argument("--out", default="kdm-demo", help="output directory (default: kdm-demo)")
+    _add_config_args(s)
+    s.set_defaults(fn=cmd_demo, preset="checkerboard-demo")
+    for a in s._actions:
+        if a.dest == "preset":
+            a.default = "checkerboard-demo"
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "pairs" and argv[1] in ("import", "verify"):
+        argv = [f"pairs-{argv[1]}", *argv[2:]]
+    try:
+        args = build_parser().parse_args(argv)
+        args.fn(args)
+    except KDMError as e:
+        print(f"kdm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdm: interrupted; rerun the same command (or --resume RUN) to continue",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

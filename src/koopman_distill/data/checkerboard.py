@@ -1,0 +1,93 @@
+"""The paper's 2-D checkerboard: a 4x4 board of squares, 8 of 16 occupied, uniform inside.
+
+In unscaled coordinates ``(u, v) = x / SCALE`` the board is ``[-2, 2)^2`` split into unit
+cells ``(i, j) = (floor(u), floor(v))``; a cell is occupied iff ``i + j`` is even. Scaled by
+``SCALE = 1 / 0.45`` the squares have side ~2.222 and the board spans ~[-4.444, 4.444]^2.
+This is the distribution of the ``flow_matching`` library's checkerboard generator, which the
+authors' teacher was trained on (reference §2.1).
+
+Square numbering (``square_index``) is row-major over occupied cells, bottom row first and
+left to right inside a row::
+
+    row v in [ 1, 2):      6       7
+    row v in [ 0, 1):  4       5
+    row v in [-1, 0):      2       3
+    row v in [-2,-1):  0       1
+                     u: -2  -1   0   1   2
+
+i.e. ``index = 2 * (j + 2) + (i + 2) // 2``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import KDMError
+
+SCALE = 1 / 0.45
+N_SQUARES = 8
+
+
+def sample_checkerboard(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``n`` points uniformly from the 8 occupied squares.
+
+    Returns a float32 tensor of shape (n, 2). Pass a seeded CPU ``generator`` for
+    reproducible draws.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise KDMError(f"checkerboard sample count must be a non-negative integer, got {n!r}")
+    u = torch.rand(n, generator=generator) * 4 - 2  # column coordinate, U(-2, 2)
+    # v lands in [0, 1) or [-2, -1), shifted up by one in odd columns: always i + j even.
+    v = torch.rand(n, generator=generator) - 2 * torch.randint(0, 2, (n,), generator=generator)
+    v = v + torch.floor(u) % 2
+    return torch.stack([u, v], dim=1) / 0.45
+
+
+def _points(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``x`` as a float64 array of shape (N, 2), or a one-line KDMError."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise KDMError(
+            f"points must be a numeric array of shape (N, 2), got {type(x).__name__}"
+        ) from None
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise KDMError(f"points must have shape (N, 2), got {tuple(arr.shape)}")
+    return arr
+
+
+def square_index(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Index 0..7 of the occupied square each point lies in, -1 elsewhere.
+
+    ``x``: points of shape (N, 2) in board (scaled) coordinates. Returns int64 (N,). Gaps,
+    points off the board and non-finite points get -1. Cells are half-open ``[i, i + 1)``, so
+    a point exactly on a cell edge belongs to the cell above / to the right of it.
+    """
+    uv = _points(x) / SCALE
+    with np.errstate(invalid="ignore"):
+        cell = np.floor(uv)
+        on_board = np.all((cell >= -2) & (cell <= 1), axis=1)  # False for NaN / inf
+    cell = np.where(on_board[:, None], cell, 0).astype(np.int64)
+    i, j = cell[:, 0], cell[:, 1]
+    occupied = on_board & ((i + j) % 2 == 0)
+    return np.where(occupied, 2 * (j + 2) + (i + 2) // 2, -1)
+
+
+def inside_fraction(x: np.ndarray | torch.Tensor) -> float:
+    """Fraction of the (N, 2) points that lie inside an occupied square (N must be > 0)."""
+    idx = square_index(x)
+    if idx.size == 0:
+        raise KDMError("inside fraction of an empty point set is undefined; pass N > 0 points")
+    return float(np.mean(idx >= 0))
+
+
+def square_corners() -> np.ndarray:
+    """Lower-left corners of the occupied squares in board coordinates, shape (8, 2).
+
+    Row ``k`` is square ``k`` of :func:`square_index`; every square has side ``SCALE``.
+    """
+    cells = [(i, j) for j in range(-2, 2) for i in range(-2, 2) if (i + j) % 2 == 0]
+    return np.array(cells, dtype=np.float64) * SCALE

@@ -1,0 +1,121 @@
+"""``kdm eval``: metrics of a KDM run against its teacher, with the settings recorded.
+
+Protocol (2-D): draw ``eval.n`` noise vectors from seed ``eval.seed`` (disjoint from the pair
+seeds, so the teacher's outputs on them are held-out pairs); map them with KDM in one step and
+with the teacher's ODE sampler; draw a *fresh* reference set of ``eval.n`` teacher samples from
+seed ``eval.reference_seed``. KDM and the teacher are both scored against that reference at the
+same N, so the teacher's own score is the floor a perfect student could reach.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .analysis import plots
+from .api import load_run, load_teacher, timed
+from .config import EvalConfig
+from .data.checkerboard import sample_checkerboard
+from .io import write_json
+from .metrics.twod import evaluate_2d, sliced_wasserstein
+from .pairs import PairStore
+
+
+def _teacher_for(meta: dict[str, Any]) -> Any:
+    """The run's teacher and its sampler settings, or None when it is not on this machine."""
+    ident = meta.get("teacher") or {}
+    path = ident.get("path")
+    if not path or not (Path(path) / "run.json").exists():
+        return None
+    teacher, tcfg = load_teacher(path)
+    sampler = {"method": tcfg.teacher.sampler, "steps": tcfg.teacher.steps}
+    if Path(meta["pairs"], "manifest.json").exists():
+        sampler = PairStore(meta["pairs"]).manifest["sampler"]
+    return teacher, sampler
+
+
+def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Path | None = None,
+                 make_plots: bool = True) -> dict[str, Any]:
+    """Evaluate the EMA weights of a KDM run; writes ``eval.json`` (and plots) under ``out``
+    (default ``RUN/eval``) and returns the result."""
+    run = Path(run)
+    gen = load_run(run)
+    ecfg = ecfg or gen.cfg.eval
+    out = Path(out) if out else run / "eval"
+    noise = gen.noise(ecfg.n, ecfg.seed)
+    kdm, t_kdm = timed(gen.map, noise)
+    metric_args = {"projections": ecfg.projections, "seed": ecfg.seed, "energy_n": ecfg.energy_n}
+    found = _teacher_for(gen.meta)
+    result: dict[str, Any] = {"run": str(run.resolve()), "settings": {
+        **json.loads(json.dumps(ecfg.__dict__)), "weights": "ema",
+        "threads": torch.get_num_threads()}}
+    if found is not None:
+        teacher, sampler = found
+        ref_noise = gen.sigma_max * torch.randn(
+            ecfg.n, gen.meta["dim"], generator=torch.Generator().manual_seed(ecfg.reference_seed))
+        reference = teacher.sample(ref_noise, sampler["method"], sampler["steps"]).numpy()
+        target, t_teacher = timed(lambda: teacher.sample(noise, sampler["method"],
+                                                          sampler["steps"]).numpy())
+        result["settings"]["reference"] = "fresh teacher samples (eval.reference_seed)"
+        result["teacher"] = {"nfe": int(gen.meta["nfe_teacher"] or 0), "seconds": t_teacher,
+                             "samples_per_s": ecfg.n / t_teacher,
+                             **evaluate_2d(target, reference=reference, **metric_args)}
+        result["kdm"] = {"nfe": 1, "seconds": t_kdm, "samples_per_s": ecfg.n / t_kdm,
+                         **evaluate_2d(kdm, reference=reference, paired_target=target,
+                                       **metric_args)}
+        result["ratios"] = {
+            "sliced_wasserstein_kdm_over_teacher":
+                result["kdm"]["sliced_wasserstein"] / result["teacher"]["sliced_wasserstein"],
+            "speedup_kdm_over_teacher": t_teacher / t_kdm}
+    else:
+        store = PairStore(gen.meta["pairs"])
+        pairs = store.load(np.arange(min(ecfg.n, len(store))))
+        target = gen.map(pairs["noise"])
+        result["settings"]["reference"] = "training pairs (teacher not available)"
+        result["kdm"] = {"nfe": 1, "seconds": t_kdm, "samples_per_s": ecfg.n / t_kdm,
+                         **evaluate_2d(kdm, reference=pairs["clean"], **metric_args)}
+        result["kdm"].update({f"train_pairs_{k}": v for k, v in evaluate_2d(
+            target, reference=pairs["clean"], paired_target=pairs["clean"],
+            **metric_args).items() if k.startswith("paired_")})
+    if gen.cfg.data.source == "checkerboard":
+        real = sample_checkerboard(ecfg.n, torch.Generator().manual_seed(ecfg.reference_seed))
+        result["kdm"]["sliced_wasserstein_to_data"] = sliced_wasserstein(
+            kdm, real.numpy(), ecfg.projections, ecfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "eval.json", result)
+    if make_plots:
+        result["plots"] = _plots(run, gen, noise.numpy(), kdm,
+                                 target if found is not None else None, out)
+        write_json(out / "eval.json", result)
+    return result
+
+
+def _plots(run: Path, gen: Any, noise: np.ndarray, kdm: np.ndarray, teacher: np.ndarray | None,
+           out: Path) -> dict[str, str]:
+    m = min(len(noise), 10_000)
+    nfe = gen.meta.get("nfe_teacher")
+    panels = {f"teacher (NFE {nfe})": teacher[:m]} if teacher is not None else {}
+    panels["KDM (1 step)"] = kdm[:m]
+    rows = {f"teacher (NFE {nfe})": (noise[:m], teacher[:m])} if teacher is not None else {}
+    rows["KDM (1 step)"] = (noise[:m], kdm[:m])
+    K = gen.model.K
+    eig = {"K (applied)": torch.linalg.eigvals(K.matrix().detach().double()).numpy()}
+    if hasattr(K, "eigenvalues"):
+        lam = K.eigenvalues().detach().numpy()
+        eig["λ (parametrised)"] = np.concatenate([lam, lam.conj()])
+    paths = {
+        "scatter": plots.scatter_compare(panels, out / "scatter.png"),
+        "noise_structure": plots.noise_structure(rows, out / "noise_structure.png"),
+        "spectrum": plots.spectrum(eig, out / "spectrum.png"),
+    }
+    log = run / "log.jsonl"
+    if log.exists():
+        rows_log = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if any("loss" in r for r in rows_log):
+            paths["loss"] = plots.loss_curves(rows_log, out / "loss.png")
+    return {k: str(v) for k, v in paths.items()}
+

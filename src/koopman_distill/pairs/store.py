@@ -1,0 +1,445 @@
+"""Pair store: a resumable, atomic writer and a memory-mapped reader.
+
+Layout of a store directory (see :mod:`.manifest`): ``manifest.json`` plus, per shard ``i``,
+``noise-{i:05d}.npy`` (x_T, float32, ``(n_i, *shape)``), ``clean-{i:05d}.npy`` (x_0, float32,
+``(n_i, *shape)``) and optionally ``label-{i:05d}.npy`` (int64 class ids, ``(n_i,)``).
+
+Writing is crash-safe: each file is written to a temporary file and renamed into place, and
+the manifest (rewritten atomically after every shard) lists only shards whose files are all
+in place. Generated stores are deterministic per shard, so an interrupted run resumes by
+producing just the shards the manifest does not list yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import KDMError
+from ..io import atomic_write, read_json, write_json
+from .manifest import (
+    ARRAY_NAMES,
+    FORMAT_VERSION,
+    IDENTITY_KEYS,
+    MANIFEST_NAME,
+    PAIR_ORDER,
+    check_header,
+    check_manifest,
+    new_manifest,
+    num_shards,
+    settings_diff,
+    shard_file,
+    shard_len,
+)
+
+__all__ = ["FORMAT_VERSION", "PairStore", "shard_seed", "write_arrays", "write_pairs"]
+
+_SEED_STRIDE = 1_000_003
+_DATA_RE = re.compile(r"(noise|clean|label)-\d{5,}\.npy")
+# temporary files of io.atomic_write: ".{name}.{random}.tmp"
+_TEMP_RE = re.compile(r"\.(manifest\.json|(noise|clean|label)-\d{5,}\.npy)\..+\.tmp")
+
+# generate(noise_generator, count) -> {"noise": (count, *shape), "clean": (count, *shape),
+#                                      optional "label": (count,) integer}
+Generate = Callable[[torch.Generator, int], Mapping[str, Any]]
+
+
+def shard_seed(seed: int, index: int) -> int:
+    """Seed of shard ``index``'s noise generator: ``(seed * 1_000_003 + index) mod 2**63``."""
+    return (seed * _SEED_STRIDE + index) % 2**63
+
+
+class PairStore:
+    """Read-only view of a complete pair store.
+
+    Per example: ``noise`` is x_T (float, shape :attr:`shape`, std :attr:`sigma_max`),
+    ``clean`` is x_0 (same shape), optional ``label`` an int64 class id. Global example ``g``
+    is row ``g % shard_size`` of shard ``g // shard_size``.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise KDMError(f"pair store not found: {self.path} is not a directory; create it "
+                           "with `kdm pairs` or an import")
+        manifest_path = self.path / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise KDMError(f"{self.path} is not a pair store (no {MANIFEST_NAME}); create it "
+                           "with `kdm pairs` or an import")
+        self.manifest: dict[str, Any] = read_json(manifest_path, "pair store manifest")
+        check_manifest(self.manifest, manifest_path)
+        self.shape: tuple[int, ...] = tuple(self.manifest["shape"])
+        self.sigma_max: float = float(self.manifest["sigma_max"])
+        self.has_labels: bool = "label" in self.manifest["dtypes"]
+        self._names = [n for n in ARRAY_NAMES if n in self.manifest["dtypes"]]
+        self._maps: dict[int, dict[str, np.ndarray]] = {}  # shard index -> open memmaps
+
+    def __len__(self) -> int:
+        return self.manifest["count"]
+
+    def __repr__(self) -> str:
+        return (f"PairStore({str(self.path)!r}, n={len(self)}, shape={self.shape}, "
+                f"sigma_max={self.sigma_max}, labels={self.has_labels})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = {}  # memmaps would pickle as full in-memory copies; reopen instead
+        return state
+
+    @property
+    def num_shards(self) -> int:
+        """Number of shards."""
+        return len(self.manifest["shards"])
+
+    def _example_shape(self, name: str) -> tuple[int, ...]:
+        return () if name == "label" else self.shape
+
+    def shard_arrays(self, i: int) -> dict[str, np.ndarray]:
+        """Read-only memory maps of shard ``i``: ``noise``/``clean`` ``(n_i, *shape)``, ``label``
+        ``(n_i,)``; shape and dtype are checked against the manifest."""
+        if not 0 <= i < self.num_shards:
+            raise IndexError(f"shard index {i} out of range [0, {self.num_shards})")
+        if i in self._maps:
+            return self._maps[i]
+        entry, arrays = self.manifest["shards"][i], {}
+        for name in self._names:
+            f = self.path / entry["files"][name]
+            try:
+                arr = np.load(f, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError:
+                raise KDMError(f"shard file {f} is missing; the store is damaged, "
+                               "regenerate it") from None
+            except (ValueError, OSError, EOFError) as e:
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise KDMError(f"shard file {f} is unreadable or truncated ({reason}); the "
+                               "store is damaged, regenerate it") from None
+            want_shape = (entry["count"], *self._example_shape(name))
+            want_dtype = np.dtype(self.manifest["dtypes"][name])
+            if arr.shape != want_shape or arr.dtype != want_dtype:
+                raise KDMError(f"shard file {f} holds {arr.dtype} {arr.shape} but the manifest "
+                               f"says {want_dtype} {want_shape}; the store is damaged, "
+                               "regenerate it")
+            arrays[name] = arr
+        self._maps[i] = arrays
+        return arrays
+
+    def load(self, indices: Any = None) -> dict[str, np.ndarray]:
+        """All examples (or those at global ``indices``, in that order) as in-memory arrays:
+        ``noise``/``clean`` ``(M, *shape)``, ``label`` ``(M,)``."""
+        if indices is None:
+            shards = [self.shard_arrays(i) for i in range(self.num_shards)]
+            return {n: np.concatenate([s[n] for s in shards]) for n in self._names}
+        return self._gather(np.asarray(indices, dtype=np.int64).reshape(-1))
+
+    def _gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows at global indices ``idx`` (M,), reading each touched shard once, rows ascending."""
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"example indices must lie in [0, {len(self)})")
+        shard, row = np.divmod(idx, self.manifest["shard_size"])
+        order = np.lexsort((row, shard))
+        out = {n: np.empty((idx.size, *self._example_shape(n)), self.manifest["dtypes"][n])
+               for n in self._names}
+        for pos in np.split(order, np.flatnonzero(np.diff(shard[order])) + 1):
+            if pos.size:
+                arrays = self.shard_arrays(int(shard[pos[0]]))
+                for name, dst in out.items():
+                    dst[pos] = arrays[name][row[pos]]
+        return out
+
+    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, rank: int = 0,
+                world_size: int = 1, drop_last: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        """One epoch of batches ``{name: (B, *shape)}`` for process ``rank`` of ``world_size``.
+
+        The epoch's order is ``np.random.default_rng((seed, epoch)).permutation(N)``, of which
+        this rank takes ``[rank::world_size]``. With ``drop_last`` every rank yields the same
+        number, ``(N // world_size) // batch_size``, of full batches (keeps DDP ranks in step);
+        without it a rank also yields its short last batch.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        mine = np.random.default_rng((seed, epoch)).permutation(len(self))[rank::world_size]
+        if drop_last:
+            mine = mine[:(len(self) // world_size) // batch_size * batch_size]
+        return (self._gather(mine[s:s + batch_size]) for s in range(0, len(mine), batch_size))
+
+    def verify(self) -> list[str]:
+        """Recompute every shard file's sha256; one line per problem (empty list: all intact)."""
+        problems = []
+        for entry in self.manifest["shards"]:
+            for name, fname in entry["files"].items():
+                f = self.path / fname
+                if not f.is_file():
+                    problems.append(f"{fname}: missing")
+                    continue
+                got, want = _sha256_file(f), entry["sha256"][name]
+                if got != want:
+                    problems.append(f"{fname}: sha256 {got[:12]}... differs from the manifest's "
+                                    f"{want[:12]}... (file changed or corrupt)")
+        return problems
+
+    def check_finite(self) -> None:
+        """Raise a KDMError if any noise/clean value is NaN or inf (reads the whole store)."""
+        total, first = 0, None
+        for i in range(self.num_shards):
+            arrays = self.shard_arrays(i)
+            for name in PAIR_ORDER:
+                count, rows = _nonfinite(arrays[name])
+                total += count
+                if count and first is None:
+                    first = (name, i, count, (rows + i * self.manifest["shard_size"]).tolist())
+        if first:
+            name, i, count, rows = first
+            more = f" (and {total - count} more in later shards)" if total > count else ""
+            raise KDMError(f"pair store {self.path} has {count} non-finite values (NaN/inf) in "
+                           f"{name} shard {i} at example indices {rows}{more}; regenerate or "
+                           "re-import the pairs")
+
+
+def _nonfinite(arr: np.ndarray, chunk_values: int = 1 << 22) -> tuple[int, np.ndarray]:
+    """Count of non-finite values in ``arr`` (n, ...) and the first <= 5 rows holding any."""
+    step = max(1, chunk_values // max(1, math.prod(arr.shape[1:])))
+    count, rows = 0, []
+    for start in range(0, len(arr), step):
+        bad = ~np.isfinite(arr[start:start + step])
+        if bad.any():
+            count += int(bad.sum())
+            if len(rows) < 5:
+                rows.extend(start + np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1)))
+    return count, np.asarray(rows[:5], dtype=np.int64)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _HashingFile:
+    """Write-only file wrapper that feeds every written byte through sha256."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self._f.write(data)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> str:
+    """Atomically write ``arr`` as ``.npy`` at ``path``; return the file's sha256 hex digest."""
+    digest = ""
+
+    def write(tmp: str) -> None:
+        nonlocal digest
+        with open(tmp, "wb") as f:
+            hf = _HashingFile(f)
+            np.save(hf, arr, allow_pickle=False)  # type: ignore[arg-type]
+            digest = hf.sha256.hexdigest()
+
+    atomic_write(path, write)
+    return digest
+
+
+def _as_shard(out: Any, count: int, shape: tuple[int, ...], where: str) -> dict[str, np.ndarray]:
+    """Check one shard's arrays and convert them: noise/clean -> float32 ``(count, *shape)``,
+    label -> int64 ``(count,)``. Rejects NaN/inf, naming how many and where."""
+    if (not isinstance(out, Mapping) or set(PAIR_ORDER) - set(out)
+            or set(out) - set(ARRAY_NAMES)):
+        keys = sorted(out) if isinstance(out, Mapping) else type(out).__name__
+        raise KDMError(f"{where} must be a dict with 'noise', 'clean' and optionally 'label', "
+                       f"got {keys}")
+    arrays, bad = {}, {}
+    for name in (n for n in ARRAY_NAMES if n in out):
+        a = out[name]
+        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        want = (count,) if name == "label" else (count, *shape)
+        if a.shape != want:
+            raise KDMError(f"{where}: {name} has shape {a.shape}, expected {want}")
+        if name == "label":
+            if a.dtype.kind not in "iu":
+                raise KDMError(f"{where}: label must hold integer class ids, got {a.dtype}")
+            arrays[name] = np.ascontiguousarray(a, dtype=np.int64)
+        else:
+            if a.dtype.kind != "f":
+                raise KDMError(f"{where}: {name} must be floating point, got {a.dtype}")
+            arrays[name] = np.ascontiguousarray(a, dtype=np.float32)
+            bad[name] = int(np.count_nonzero(~np.isfinite(arrays[name])))
+    if sum(bad.values()):
+        raise KDMError(f"{where} has {sum(bad.values())} non-finite values (NaN/inf) "
+                       f"(noise: {bad['noise']}, clean: {bad['clean']}); nothing was written "
+                       "for it; check the teacher and sampler settings or the input data")
+    return arrays
+
+
+class _StoreWriter:
+    """Writes the shards of one store; the manifest lists a shard only once its files exist."""
+
+    def __init__(self, out: Path, manifest: dict[str, Any]) -> None:
+        self.out, self.manifest = out, manifest
+        self.done = {s["index"] for s in manifest["shards"]}
+
+    def write(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write shard ``index`` (arrays as returned by :func:`_as_shard`), then list it."""
+        m = self.manifest
+        if not m["shards"]:  # the first shard fixes which arrays a store holds
+            m["dtypes"] = {n: a.dtype.name for n, a in arrays.items()}
+        elif set(arrays) != set(m["dtypes"]):
+            raise KDMError(f"shard {index} has arrays {sorted(arrays)} but earlier shards have "
+                           f"{sorted(m['dtypes'])}; every shard must hold the same arrays")
+        entry = {"index": index, "count": len(arrays["noise"]), "files": {}, "sha256": {}}
+        for name, arr in arrays.items():
+            entry["files"][name] = shard_file(name, index)
+            entry["sha256"][name] = _save_npy(self.out / entry["files"][name], arr)
+        m["shards"] = sorted([s for s in m["shards"] if s["index"] != index] + [entry],
+                             key=lambda s: s["index"])
+        write_json(self.out / MANIFEST_NAME, m)
+        self.done.add(index)
+
+    def finish(self) -> PairStore:
+        """Mark the store complete and open it."""
+        self.manifest["complete"] = True
+        write_json(self.out / MANIFEST_NAME, self.manifest)
+        return PairStore(self.out)
+
+
+def _open_for_writing(out: Path, fresh: dict[str, Any], keys: tuple[str, ...],
+                      resume: bool) -> _StoreWriter | PairStore:
+    """Prepare ``out`` for the store described by ``fresh``.
+
+    Returns the existing store if it is complete with the same settings (``keys``); otherwise a
+    writer that keeps the shards already listed (``resume``) or starts over. Refuses a store
+    with other settings and a directory that holds anything but pair-store files.
+    """
+    manifest_path = out / MANIFEST_NAME
+    if manifest_path.is_file():
+        old = read_json(manifest_path, "pair store manifest")
+        check_header(old, manifest_path)
+        diffs = settings_diff(old, fresh, keys)
+        if diffs:
+            raise KDMError(f"{out} already holds a pair store with other settings "
+                           f"({'; '.join(diffs)}); use another --out or delete it")
+        if old.get("complete"):
+            return PairStore(out)
+        if resume:
+            fresh["shards"] = [s for s in old.get("shards", []) if isinstance(s, dict)
+                               and all((out / f).is_file() for f in s["files"].values())]
+            if fresh["shards"]:
+                fresh["dtypes"] = old["dtypes"]
+    elif out.exists():
+        if not out.is_dir():
+            raise KDMError(f"{out} exists and is not a directory; use another --out")
+        foreign = sorted(p.name for p in out.iterdir()
+                         if not (_DATA_RE.fullmatch(p.name) or _TEMP_RE.fullmatch(p.name)))
+        if foreign:
+            raise KDMError(f"{out} exists and is not a pair store (it holds {foreign[0]!r}); "
+                           "use another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    for p in out.iterdir():  # temp files of an interrupted write
+        if _TEMP_RE.fullmatch(p.name):
+            p.unlink()
+    write_json(manifest_path, fresh)
+    return _StoreWriter(out, fresh)
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise KDMError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_sigma(sigma_max: Any) -> float:
+    if not (isinstance(sigma_max, (int, float)) and math.isfinite(sigma_max) and sigma_max > 0):
+        raise KDMError(f"sigma_max must be a positive number, got {sigma_max!r}")
+    return float(sigma_max)
+
+
+def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_size: int,
+                seed: int, *, sigma_max: float, shape: tuple[int, ...] | list[int],
+                teacher: dict, sampler: dict, nfe: int, config: dict | None = None,
+                source: Any = None, progress: bool = True) -> PairStore:
+    """Generate ``n`` teacher pairs into the store ``out_dir`` (resumable, deterministic).
+
+    Shard ``i`` (``count_i = min(shard_size, n - i * shard_size)`` examples) is
+    ``generate(torch.Generator().manual_seed(shard_seed(seed, i)), count_i)``, which must return
+    ``{"noise": (count_i, *shape), "clean": (count_i, *shape)}`` tensors (noise = x_T drawn
+    from the given CPU generator and scaled by ``sigma_max``, clean = the teacher's x_0), plus
+    optionally ``"label": (count_i,)`` integer class ids. Draw the noise on the CPU generator
+    and move it to the device afterwards, so that shards do not depend on the device.
+
+    Rerunning with the same arguments after an interruption generates only the shards the
+    manifest does not list and yields a store bitwise identical to an uninterrupted run; a
+    complete store with the same settings is returned as is. A store in ``out_dir`` that
+    differs in n, shard_size, seed, shape, sigma_max, teacher, sampler or nfe is refused.
+    """
+    n, shard_size = _positive_int(n, "n"), _positive_int(shard_size, "shard_size")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise KDMError(f"seed must be an integer, got {seed!r}")
+    shape = tuple(_positive_int(s, "every shape entry") for s in shape)
+    if not shape:
+        raise KDMError("shape must have at least one dimension, e.g. (2,) or (3, 32, 32)")
+    out = Path(out_dir)
+    fresh = new_manifest(count=n, shard_size=shard_size, shape=shape,
+                         sigma_max=_check_sigma(sigma_max), seed=int(seed), teacher=teacher,
+                         sampler=sampler, nfe=nfe, config=config,
+                         source={"kind": "generated"} if source is None else source)
+    writer = _open_for_writing(out, fresh, IDENTITY_KEYS, resume=True)
+    if isinstance(writer, PairStore):
+        return writer
+    total = num_shards(n, shard_size)
+    todo = [i for i in range(total) if i not in writer.done]
+    for i in tqdm(todo, total=total, initial=total - len(todo), desc=f"pairs {out.name}",
+                  unit="shard", disable=not progress):
+        count = shard_len(n, shard_size, i)
+        result = generate(torch.Generator().manual_seed(shard_seed(int(seed), i)), count)
+        writer.write(i, _as_shard(result, count, shape, f"teacher output for shard {i}"))
+    return writer.finish()
+
+
+def write_arrays(out_dir: str | os.PathLike, noise: np.ndarray, clean: np.ndarray,
+                 label: np.ndarray | None = None, *, shard_size: int, sigma_max: float,
+                 teacher: dict, sampler: dict, nfe: int | None, source: Any,
+                 config: dict | None = None, seed: int | None = None,
+                 progress: bool = False) -> PairStore:
+    """Write already-computed pairs as a store: ``noise`` (x_T) and ``clean`` (x_0) of shape
+    ``(N, *shape)``, optional integer ``label`` ``(N,)``.
+
+    Same layout and atomicity as :func:`write_pairs`; arrays may be memory-mapped, they are
+    read one shard at a time. A complete store with the same settings (including ``source``)
+    is returned as is; an incomplete one is rewritten from the start.
+    """
+    noise, clean = np.asanyarray(noise), np.asanyarray(clean)
+    if noise.ndim < 2 or noise.shape != clean.shape or len(noise) == 0:
+        raise KDMError(f"noise {noise.shape} and clean {clean.shape} must share one shape "
+                       "(N, *example_shape) with N >= 1")
+    n, shape = len(noise), tuple(noise.shape[1:])
+    if label is not None and np.shape(label) != (n,):
+        raise KDMError(f"label has shape {np.shape(label)}, expected ({n},) class ids")
+    shard_size = _positive_int(shard_size, "shard_size")
+    out = Path(out_dir)
+    fresh = new_manifest(count=n, shard_size=shard_size, shape=shape,
+                         sigma_max=_check_sigma(sigma_max), seed=seed, teacher=teacher,
+                         sampler=sampler, nfe=nfe, source=source, config=config)
+    writer = _open_for_writing(out, fresh, IDENTITY_KEYS + ("source",), resume=False)
+    if isinstance(writer, PairStore):
+        return writer
+    for i in tqdm(range(num_shards(n, shard_size)), desc=f"pairs {out.name}", unit="shard",
+                  disable=not progress):
+        part = slice(i * shard_size, i * shard_size + shard_len(n, shard_size, i))
+        arrays = {"noise": noise[part], "clean": clean[part]}
+        if label is not None:
+            arrays["label"] = np.asarray(label[part])
+        writer.write(i, _as_shard(arrays, part.stop - part.start, shape, f"shard {i}"))
+    return writer.finish()

@@ -1,0 +1,81 @@
+"""The checkerboard sampler and its square numbering."""
+
+import numpy as np
+import pytest
+import torch
+
+from koopman_distill.data.checkerboard import (
+    SCALE,
+    inside_fraction,
+    sample_checkerboard,
+    square_corners,
+    square_index,
+)
+from koopman_distill.errors import KDMError
+
+
+def _sample(n: int = 20_000, seed: int = 0) -> torch.Tensor:
+    return sample_checkerboard(n, torch.Generator().manual_seed(seed))
+
+
+def test_samples_shape_dtype_and_all_inside():
+    x = _sample()
+    assert x.shape == (20_000, 2) and x.dtype == torch.float32
+    assert inside_fraction(x) == 1.0
+    assert float(x.abs().max()) <= 2 * SCALE
+
+
+def test_each_square_gets_one_eighth():
+    counts = np.bincount(square_index(_sample()), minlength=8) / 20_000
+    assert counts.shape == (8,)
+    np.testing.assert_allclose(counts, 1 / 8, atol=0.01)  # binomial std ~0.0023
+
+
+def test_seeded_sampling_is_reproducible():
+    assert torch.equal(_sample(100, seed=3), _sample(100, seed=3))
+    assert not torch.equal(_sample(100, seed=3), _sample(100, seed=4))
+
+
+def test_hand_picked_points():
+    # (u, v) in unscaled cell units; the numbering is row-major, bottom row first.
+    uv = np.array([
+        [-1.5, -1.5],  # cell (-2, -2) -> 0
+        [0.5, -1.5],   # cell (0, -2) -> 1
+        [-0.5, -0.5],  # cell (-1, -1) -> 2
+        [1.5, -0.5],   # cell (1, -1) -> 3
+        [-1.5, 0.5],   # cell (-2, 0) -> 4
+        [0.5, 0.5],    # cell (0, 0) -> 5
+        [-0.5, 1.5],   # cell (-1, 1) -> 6
+        [1.5, 1.5],    # cell (1, 1) -> 7
+        [-0.5, -1.5],  # cell (-1, -2): empty
+        [0.5, -0.5],   # cell (0, -1): empty
+        [2.5, 0.5],    # off the board
+        [0.5, -2.01],  # off the board
+        [np.nan, 0.5],
+        [np.inf, 0.5],
+    ])
+    expected = [0, 1, 2, 3, 4, 5, 6, 7, -1, -1, -1, -1, -1, -1]
+    idx = square_index(uv * SCALE)
+    assert idx.dtype.kind == "i"
+    assert idx.tolist() == expected
+    assert square_index(torch.tensor(uv * SCALE)).tolist() == expected
+    assert inside_fraction(uv * SCALE) == pytest.approx(8 / 14)
+
+
+def test_square_corners_match_numbering():
+    centres = square_corners() + SCALE / 2
+    assert square_index(centres).tolist() == list(range(8))
+
+
+@pytest.mark.parametrize("bad", [np.zeros((3, 3)), np.zeros(2), np.zeros((2, 2, 2))])
+def test_bad_shape_is_kdm_error(bad):
+    with pytest.raises(KDMError, match=r"shape \(N, 2\)"):
+        square_index(bad)
+
+
+def test_bad_count_and_empty():
+    with pytest.raises(KDMError, match="non-negative integer"):
+        sample_checkerboard(-1)
+    assert sample_checkerboard(0).shape == (0, 2)
+    with pytest.raises(KDMError, match="empty"):
+        inside_fraction(np.zeros((0, 2)))
