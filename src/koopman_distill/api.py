@@ -162,17 +162,17 @@ def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:
     meta = {"kind": "kdm", "dim": int(store.shape[0]), "sigma_max": store.sigma_max,
             "pairs": str(Path(pairs).resolve()), "n_pairs": len(store),
             "teacher": store.manifest.get("teacher"), "nfe_teacher": store.manifest.get("nfe")}
+    tensors = _pair_tensors(store)  # validated before anything is written
     out = _start_run(out, cfg, meta)
-    return _fit_kdm(cfg, meta, out, store, resume=False)
+    return _fit_kdm(cfg, meta, out, tensors, resume=False)
 
 
 def build_kdm(cfg: Config, meta: dict[str, Any]) -> KDM:
     return KDM(meta["dim"], cfg.model, meta["sigma_max"])
 
 
-def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
+def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, tensors: dict[str, torch.Tensor],
              resume: bool) -> Path:
-    tensors = _pair_tensors(store)
     seed_everything(cfg.train.seed)
     model = build_kdm(cfg, meta)
     data = TensorBatches(tensors, cfg.train.batch_size, cfg.train.seed)
@@ -202,7 +202,7 @@ def resume_run(run: str | Path) -> Path:
     if meta.get("kind") == "teacher":
         return _fit_teacher(cfg, run, teacher_data(cfg), resume=True)
     if meta.get("kind") == "kdm":
-        return _fit_kdm(cfg, meta, run, PairStore(meta["pairs"]), resume=True)
+        return _fit_kdm(cfg, meta, run, _pair_tensors(PairStore(meta["pairs"])), resume=True)
     raise KDMError(f"{run} has unknown run kind {meta.get('kind')!r}")
 
 
@@ -235,7 +235,8 @@ class OneStepGenerator:
     @torch.no_grad()
     def map(self, noise: torch.Tensor | np.ndarray, batch_size: int = 65536) -> np.ndarray:
         """One-step samples for given noise (n, dim) -> (n, dim) float32."""
-        x = torch.as_tensor(np.asarray(noise, dtype=np.float32))
+        x = (noise.detach().float().cpu() if isinstance(noise, torch.Tensor)
+             else torch.from_numpy(np.array(noise, dtype=np.float32)))
         if x.ndim != 2 or x.shape[1] != self.meta["dim"]:
             raise KDMError(f"noise must have shape (N, {self.meta['dim']}), got "
                            f"{tuple(x.shape)}")

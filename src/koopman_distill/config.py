@@ -36,6 +36,8 @@ class TeacherConfig:
     width: int = 512
     depth: int = 4
     time_features: int = 16
+    x_features: int = 6  # Fourier features of x per coordinate (0 = raw x only)
+    x_fmax: float = 8.0  # highest Fourier frequency (rad per unit of x); lowest is 1
     sigma_max: float = 1.0  # std of the noise x_T the ODE starts from
     sampler: str = "heun"  # euler | midpoint | heun | rk4
     steps: int = 50  # fixed ODE steps; NFE depends on the sampler

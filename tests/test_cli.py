@@ -1,0 +1,201 @@
+"""The `kdm` command end to end on tiny configs, and its behaviour on bad input."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from conftest import kdm, kdm_proc, read_json
+
+from koopman_distill.api import load_run
+from koopman_distill.pairs import PairStore
+
+
+def test_pipeline_artifacts(tiny):
+    run = tiny["kdm"]
+    cfg = read_json(run / "config.json")
+    assert cfg["preset"] == "checkerboard-tiny" and cfg["train"]["steps"] == 20
+    meta = read_json(run / "run.json")
+    assert meta["kind"] == "kdm" and meta["dim"] == 2 and meta["nfe_teacher"] == 8
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000020"
+    rows = [r for r in map(__import__("json").loads, (run / "log.jsonl").read_text().split("\n")[:-1])]
+    assert {"latent", "rec", "push"} <= set(rows[0])
+    assert any("eval/pair_mse" in r for r in rows)
+    store = PairStore(tiny["pairs"])
+    assert len(store) == 512 and store.manifest["teacher"]["kind"] == "flow-matching-mlp"
+    assert store.manifest["config"]["preset"] == "checkerboard-tiny"
+
+
+def test_sample_and_map_given_noise(tiny, tmp_path):
+    out = tmp_path / "s.npy"
+    assert kdm("sample", tiny["kdm"], "--n", 300, "--seed", 3, "--out", out) == 0
+    x = np.load(out)
+    assert x.shape == (300, 2) and np.isfinite(x).all()
+    gen = load_run(tiny["kdm"])
+    np.testing.assert_allclose(x, gen.sample(300, seed=3), rtol=0, atol=1e-6)
+    noise = np.random.default_rng(0).standard_normal((50, 2)).astype(np.float32)
+    np.save(tmp_path / "noise.npy", noise)
+    assert kdm("sample", tiny["kdm"], "--noise", tmp_path / "noise.npy", "--out",
+               tmp_path / "m.npy") == 0
+    np.testing.assert_allclose(np.load(tmp_path / "m.npy"), gen.map(noise), atol=1e-6)
+    assert kdm("sample", tiny["kdm"], "--n", 5, "--raw", "--out", tmp_path / "r.npy") == 0
+    assert not np.allclose(np.load(tmp_path / "r.npy"), gen.sample(5))  # raw != EMA
+
+
+def test_eval_writes_metrics_and_plots(tiny, tmp_path):
+    assert kdm("eval", tiny["kdm"], "--out", tmp_path, "--set", "eval.n=400",
+               "--set", "eval.projections=16", "--set", "eval.energy_n=200") == 0
+    res = read_json(tmp_path / "eval.json")
+    assert res["settings"]["n"] == 400 and res["settings"]["projections"] == 16
+    for side in ("kdm", "teacher"):
+        assert 0 <= res[side]["inside_fraction"] <= 1 and res[side]["sliced_wasserstein"] > 0
+    assert res["kdm"]["nfe"] == 1 and res["teacher"]["nfe"] == 8
+    assert res["kdm"]["paired_sq_error_per_sample"] >= 0
+    for name in ("scatter", "noise_structure", "spectrum", "loss"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_samples_file(tmp_path, capsys):
+    from koopman_distill.data.checkerboard import sample_checkerboard
+
+    np.save(tmp_path / "x.npy", sample_checkerboard(500).numpy())
+    assert kdm("eval", "--samples", tmp_path / "x.npy", "--set", "eval.projections=8",
+               "--set", "eval.energy_n=100") == 0
+    assert '"inside_fraction": 1.0' in capsys.readouterr().out
+
+
+def test_import_authors_checkerboard_then_train_and_sample(tmp_path):
+    from koopman_distill.data.checkerboard import sample_checkerboard
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(600, 2, generator=g)
+    clean = sample_checkerboard(600, g)
+    t = torch.linspace(0, 1, 5)[:, None, None]
+    traj = ((1 - t) * noise + t * clean).numpy().astype(np.float32)  # (T, N, 2), noise first
+    np.save(tmp_path / "sampled_dataset.npy", traj)
+    assert kdm("pairs", "import", tmp_path / "sampled_dataset.npy", "--out",
+               tmp_path / "store") == 0
+    store = PairStore(tmp_path / "store")
+    np.testing.assert_array_equal(store.load()["noise"], traj[0])
+    np.testing.assert_array_equal(store.load()["clean"], traj[-1])
+    assert store.sigma_max == pytest.approx(1.0)
+    assert kdm("train", "--preset", "checkerboard-tiny", "--pairs", tmp_path / "store",
+               "--out", tmp_path / "run") == 0
+    assert kdm("sample", tmp_path / "run", "--n", 10, "--out", tmp_path / "s.npy") == 0
+    assert np.load(tmp_path / "s.npy").shape == (10, 2)
+    assert kdm("eval", tmp_path / "run", "--no-plots", "--set", "eval.n=200",
+               "--set", "eval.projections=8", "--set", "eval.energy_n=100") == 0
+    res = read_json(tmp_path / "run" / "eval" / "eval.json")
+    assert "teacher" not in res and "train_pairs_paired_mse" in res["kdm"]
+
+
+def test_resume_after_killed_train(tiny, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--preset", "checkerboard-tiny", "--pairs", tiny["pairs"], "--out", run,
+            "--set", "train.steps=3000", "--set", "train.ckpt_every=20",
+            "--set", "train.eval_every=0"]
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "koopman_distill.cli", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "latest").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = int((run / "checkpoints" / "latest").read_text().split("-")[1])
+    assert 0 < killed_at < 3000
+    assert kdm("train", "--resume", run) == 0
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00003000"
+    steps = [r["step"] for r in map(__import__("json").loads,
+                                     (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(5, 3001, 5))  # no gap, no duplicate after the resume
+
+
+def one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdm: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_inputs_one_line_errors(tiny, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.save(bad / "shape.npy", np.zeros((10, 3), np.float32))
+    arr = np.zeros((10, 2), np.float32)
+    arr[[2, 7], 1] = np.nan
+    arr[4, 0] = np.inf
+    np.save(bad / "nan.npy", arr)
+    (bad / "garbage.npy").write_bytes(b"not numpy at all")
+    cases = [
+        (["teacher", "train", "--out", tmp_path / "t1", "--data", bad / "missing.npy"],
+         ["not found", "missing.npy"], tmp_path / "t1"),
+        (["teacher", "train", "--out", tmp_path / "t2", "--data", bad / "shape.npy"],
+         ["must have shape (N, 2)", "(10, 3)"], tmp_path / "t2"),
+        (["teacher", "train", "--out", tmp_path / "t3", "--data", bad / "nan.npy"],
+         ["3 rows with NaN/inf", "rows 2, 4, 7"], tmp_path / "t3"),
+        (["teacher", "train", "--out", tmp_path / "t4", "--data", bad / "garbage.npy"],
+         ["garbage.npy"], tmp_path / "t4"),
+        (["train", "--preset", "nope", "--pairs", tiny["pairs"], "--out", tmp_path / "r1"],
+         ["unknown preset 'nope'"], tmp_path / "r1"),
+        (["train", "--pairs", tiny["pairs"], "--out", tmp_path / "r2", "--set", "train.x=1"],
+         ["unknown config key 'train.x'"], tmp_path / "r2"),
+        (["train", "--pairs", tiny["pairs"], "--out", tmp_path / "r3", "--bogus"],
+         ["unrecognized arguments: --bogus"], tmp_path / "r3"),
+        (["train", "--pairs", tmp_path / "nostore", "--out", tmp_path / "r4"],
+         ["nostore"], tmp_path / "r4"),
+        (["sample", tiny["kdm"], "--noise", bad / "shape.npy", "--out", tmp_path / "o.npy"],
+         ["must have shape (N, 2)"], tmp_path / "o.npy"),
+        (["sample", tiny["kdm"], "--n", "5", "--out", tmp_path / "o.txt"],
+         ["must end in .npy"], tmp_path / "o.txt"),
+        (["sample", tmp_path / "norun", "--n", "5", "--out", tmp_path / "o2.npy"],
+         ["norun"], tmp_path / "o2.npy"),
+        (["pairs", "import", bad / "shape.npy", "--out", tmp_path / "p1"],
+         ["shape.npy"], tmp_path / "p1"),
+        (["pairs", "import", bad / "nan.npy", "--out", tmp_path / "p2"],
+         ["nan.npy"], tmp_path / "p2"),
+    ]
+    for args, needles, must_not_exist in cases:
+        one_line_error(kdm_proc(*args), *needles)
+        assert not must_not_exist.exists(), args
+
+
+def test_newer_manifest_is_refused(tiny, tmp_path):
+    import json
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny["pairs"], store)
+    m = read_json(store / "manifest.json")
+    m["version"] = 99
+    (store / "manifest.json").write_text(json.dumps(m))
+    one_line_error(kdm_proc("train", "--pairs", store, "--out", tmp_path / "r"),
+                   "newer", "upgrade")
+    assert not (tmp_path / "r").exists()
+
+
+def test_nan_pairs_are_refused_before_training(tiny, tmp_path):
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny["pairs"], store)
+    shard = sorted(store.glob("clean-*.npy"))[0]
+    x = np.load(shard)
+    x[3, 0] = np.nan
+    np.save(shard, x)
+    proc = kdm_proc("train", "--pairs", store, "--out", tmp_path / "r")
+    one_line_error(proc)
+    assert "NaN" in proc.stderr or "non-finite" in proc.stderr or "sha256" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_is_not_overwritten(tiny, tmp_path):
+    one_line_error(kdm_proc("train", "--preset", "checkerboard-tiny", "--pairs", tiny["pairs"],
+                            "--out", tiny["kdm"]), "already holds a run", "--resume")
