@@ -7,44 +7,13 @@ learned ODE from noise to data with a fixed-step solver from :mod:`.samplers`.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ..config import TeacherConfig
+from ..models.features import FourierFeatures, TimeFeatures
 from ..models.mlp import MLP
 from .samplers import nfe, ode_sample
-
-
-class TimeFeatures(nn.Module):
-    """Fixed sinusoidal features of t in [0, 1]: (B,) -> (B, n)."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.register_buffer("freqs", math.pi * torch.arange(1, n // 2 + 1, dtype=torch.float32),
-                             persistent=False)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        a = t[:, None] * self.freqs
-        return torch.cat([a.sin(), a.cos()], dim=1)
-
-
-class FourierFeatures(nn.Module):
-    """``[sin(f x), cos(f x)]`` for n log-spaced frequencies f in [1, fmax]: (B, d) -> (B, 2nd).
-
-    They let a small MLP represent the sharp edges of 2-D densities (the checkerboard's squares)
-    after far fewer steps than raw coordinates need.
-    """
-
-    def __init__(self, n: int, fmax: float):
-        super().__init__()
-        freqs = torch.logspace(0, math.log10(fmax), n) if n else torch.zeros(0)
-        self.register_buffer("freqs", freqs, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = (x[:, :, None] * self.freqs).flatten(1)
-        return torch.cat([a.sin(), a.cos()], dim=1)
 
 
 class FlowMatchingTeacher(nn.Module):
@@ -54,13 +23,13 @@ class FlowMatchingTeacher(nn.Module):
         super().__init__()
         self.dim, self.cfg = dim, cfg
         self.time = TimeFeatures(cfg.time_features)
-        self.fourier = FourierFeatures(cfg.x_features, cfg.x_fmax)
-        d_in = dim * (1 + 2 * cfg.x_features) + 2 * (cfg.time_features // 2)
-        self.net = MLP(d_in, dim, cfg.width, cfg.depth)
+        self.fourier = FourierFeatures(dim, cfg.x_features, cfg.x_fmax)
+        self.net = MLP(self.fourier.out_dim + 2 * (cfg.time_features // 2), dim, cfg.width,
+                       cfg.depth)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(B, dim), (B,) -> (B, dim)."""
-        return self.net(torch.cat([x, self.fourier(x), self.time(t)], dim=1))
+        return self.net(torch.cat([self.fourier(x), self.time(t)], dim=1))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Conditional flow-matching loss on a batch ``{"x": (B, dim)}`` of data."""
