@@ -1,5 +1,6 @@
 """The `kdm` command end to end on tiny configs, and its behaviour on bad input."""
 
+import json
 import os
 import signal
 import time
@@ -19,7 +20,7 @@ def test_pipeline_artifacts(tiny):
     meta = read_json(run / "run.json")
     assert meta["kind"] == "kdm" and meta["dim"] == 2 and meta["nfe_teacher"] == 8
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000020"
-    rows = [r for r in map(__import__("json").loads, (run / "log.jsonl").read_text().split("\n")[:-1])]
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert {"latent", "rec", "push"} <= set(rows[0])
     assert any("eval/pair_mse" in r for r in rows)
     store = PairStore(tiny["pairs"])
@@ -66,8 +67,9 @@ def test_eval_samples_file(tmp_path, capsys):
 
 
 def test_import_authors_checkerboard_then_train_and_sample(tmp_path):
-    from koopman_distill.data.checkerboard import sample_checkerboard
     import torch
+
+    from koopman_distill.data.checkerboard import sample_checkerboard
 
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(600, 2, generator=g)
@@ -111,8 +113,8 @@ def test_resume_after_killed_train(tiny, tmp_path):
     assert 0 < killed_at < 3000
     assert kdm("train", "--resume", run) == 0
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00003000"
-    steps = [r["step"] for r in map(__import__("json").loads,
-                                     (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    steps = [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+             if "loss" in r]
     assert steps == list(range(5, 3001, 5))  # no gap, no duplicate after the resume
 
 
