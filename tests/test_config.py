@@ -14,9 +14,10 @@ def test_presets_resolve_and_round_trip():
         assert cfg.preset == name
         again = Config.from_dict(json.loads(cfg.to_json()))
         assert again == cfg
-    assert preset("checkerboard").train.steps == 20_000
-    assert preset("checkerboard").train.batch_size == 4096
-    assert preset("checkerboard").pairs.n == 50_000
+    full = preset("checkerboard")
+    assert (full.train.steps, full.train.batch_size, full.pairs.n) == (40_000, 256, 50_000)
+    assert full.model.distance == "pseudo_huber" and full.model.sigma_z == 0.4
+    assert Config().train.steps == 20_000 and Config().train.batch_size == 4096  # the paper
 
 
 def test_overrides_are_typed():
@@ -26,7 +27,7 @@ def test_overrides_are_typed():
     assert cfg.train.steps == 2000 and isinstance(cfg.train.steps, int)
     assert cfg.train.lr == pytest.approx(1e-4)
     assert cfg.model.koopman == "eigen" and cfg.model.koopman_bias is False
-    assert preset("checkerboard").train.steps == 20_000  # the preset itself is untouched
+    assert preset("checkerboard").train.steps == 40_000  # the preset itself is untouched
 
 
 @pytest.mark.parametrize("item,msg", [

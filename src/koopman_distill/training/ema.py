@@ -24,7 +24,7 @@ class EMA:
         self.updates += 1
         t = self.updates
         d = min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
-        for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            e.lerp_(p.detach(), 1 - d)
+        torch._foreach_lerp_(list(self.model.parameters()),
+                             [p.detach() for p in model.parameters()], 1 - d)
         for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
             e.copy_(b)

@@ -121,8 +121,9 @@ class Trainer:
             finite = bool(torch.isfinite(loss))
             if finite:
                 loss.backward()
-                finite = all(bool(torch.isfinite(p.grad).all())
-                             for p in self.model.parameters() if p.grad is not None)
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                norm = nn.utils.get_total_norm(grads)  # one reduction; inf/NaN if any is
+                finite = bool(torch.isfinite(norm))
             if not finite:
                 consecutive += 1
                 self.nonfinite_total += 1
@@ -136,7 +137,7 @@ class Trainer:
             else:
                 consecutive = 0
                 if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                    nn.utils.clip_grads_with_norm_(grads, cfg.grad_clip, norm)
                 self.opt.step()
                 self.ema.update(self.model)
                 for k, v in {"loss": loss.item(), **logs}.items():
