@@ -201,3 +201,26 @@ def test_nan_pairs_are_refused_before_training(tiny, tmp_path):
 def test_existing_run_is_not_overwritten(tiny, tmp_path):
     one_line_error(kdm_proc("train", "--preset", "checkerboard-tiny", "--pairs", tiny["pairs"],
                             "--out", tiny["kdm"]), "already holds a run", "--resume")
+
+
+def test_teacher_on_user_point_cloud(tmp_path):
+    theta = np.random.default_rng(0).uniform(0, 2 * np.pi, 3000)
+    ring = np.stack([3 * np.cos(theta), 3 * np.sin(theta)], 1).astype(np.float32)
+    np.save(tmp_path / "ring.npy", ring)
+    assert kdm("teacher", "train", "--preset", "checkerboard-tiny", "--data",
+               tmp_path / "ring.npy", "--out", tmp_path / "t") == 0
+    assert read_json(tmp_path / "t" / "config.json")["data"]["source"] == str(tmp_path / "ring.npy")
+    assert read_json(tmp_path / "t" / "run.json")["n_data"] == 3000
+    assert kdm("pairs", "--teacher", tmp_path / "t", "--out", tmp_path / "p", "--n", 300) == 0
+    assert len(PairStore(tmp_path / "p")) == 300
+
+
+def test_eigen_koopman_run_plots_both_spectra(tiny, tmp_path):
+    assert kdm("train", "--preset", "checkerboard-tiny", "--pairs", tiny["pairs"], "--out",
+               tmp_path / "run", "--set", "model.koopman=eigen",
+               "--set", "model.w_spectrum=0.1") == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"inverse", "spectrum"} <= set(rows[0])
+    assert kdm("eval", tmp_path / "run", "--set", "eval.n=300", "--set", "eval.projections=8",
+               "--set", "eval.energy_n=100") == 0
+    assert (tmp_path / "run" / "eval" / "spectrum.png").exists()

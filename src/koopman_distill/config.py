@@ -183,8 +183,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher_train": {"steps": 8000, "batch_size": 1024, "lr": 8e-3, "ckpt_every": 2000},
         "pairs": {"n": 20_000},
         "model": _KDM_CHECKERBOARD,
-        "train": {**_TRAIN_CHECKERBOARD, "steps": 10_000, "eval_every": 2500,
-                  "ckpt_every": 2500},
+        "train": {**_TRAIN_CHECKERBOARD, "steps": 12_000, "eval_every": 3000,
+                  "ckpt_every": 3000},
         "eval": {"n": 10_000},
     },
     # Seconds, for tests.
