@@ -8,7 +8,6 @@ Run directories have a fixed shape: ``config.json`` (the resolved :class:`Config
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from .config import Config, load_config
 from .data.arrays import load_points
 from .data.checkerboard import inside_fraction, sample_checkerboard
 from .errors import KDMError
-from .io import read_json, write_json
+from .io import read_json, sha256_file, write_json
 from .models import KDM
 from .pairs import PairStore, write_pairs
 from .teachers import FlowMatchingTeacher, nfe
@@ -63,14 +62,6 @@ def _weights(run: Path, ema: bool) -> dict[str, torch.Tensor]:
     if ckpt is None:
         raise KDMError(f"{run} has no checkpoint yet; train it first")
     return load_weights(ckpt / ("ema.safetensors" if ema else "model.safetensors")), ckpt
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- teacher --------------------------------------------------------------------------------
@@ -118,7 +109,7 @@ def teacher_identity(run: str | Path) -> dict[str, Any]:
     run = Path(run).resolve()
     _, ckpt = _weights(run, True)
     return {"kind": "flow-matching-mlp", "path": str(run), "checkpoint": ckpt.name,
-            "weights_sha256": _sha256(ckpt / "ema.safetensors")}
+            "weights_sha256": sha256_file(ckpt / "ema.safetensors")}
 
 
 # -- pairs ----------------------------------------------------------------------------------

@@ -12,22 +12,26 @@ from typing import Any
 
 from .api import make_pairs, read_run, resume_run, train_kdm, train_teacher
 from .config import Config
+from .errors import KDMError
 from .evaluate import evaluate_run
 from .training.checkpoint import latest_checkpoint
 
 
-def _finished(run: Path) -> bool:
+def _finished(run: Path, want: Config) -> bool:
     if not (run / "run.json").exists():
         return False
     cfg, meta = read_run(run)
+    if cfg != want:
+        raise KDMError(f"{run} was made with other settings than this demo's; pick another "
+                       "--out or delete it")
     steps = cfg.teacher_train.steps if meta["kind"] == "teacher" else cfg.train.steps
     ckpt = latest_checkpoint(run)
     return ckpt is not None and int(ckpt.name.split("-")[1]) >= steps
 
 
-def _stage(name: str, run: Path, start: Any, timings: dict[str, float]) -> None:
+def _stage(name: str, run: Path, cfg: Config, start: Any, timings: dict[str, float]) -> None:
     t = time.perf_counter()
-    if _finished(run):
+    if _finished(run, cfg):
         print(f"[{name}] reusing {run}")
     elif (run / "run.json").exists():
         print(f"[{name}] resuming {run}")
@@ -43,12 +47,12 @@ def run_demo(cfg: Config, out: str | Path) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    _stage("teacher", out / "teacher", lambda: train_teacher(cfg, out / "teacher"), timings)
+    _stage("teacher", out / "teacher", cfg, lambda: train_teacher(cfg, out / "teacher"), timings)
     t = time.perf_counter()
     print(f"[pairs] -> {out / 'pairs'}")
     make_pairs(out / "teacher", out / "pairs", cfg, progress=cfg.train.progress)
     timings["pairs"] = time.perf_counter() - t
-    _stage("kdm", out / "kdm", lambda: train_kdm(cfg, out / "pairs", out / "kdm"), timings)
+    _stage("kdm", out / "kdm", cfg, lambda: train_kdm(cfg, out / "pairs", out / "kdm"), timings)
     t = time.perf_counter()
     result = evaluate_run(out / "kdm")
     timings["eval"] = time.perf_counter() - t

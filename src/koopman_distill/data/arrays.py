@@ -33,7 +33,7 @@ def load_points(path: str | Path, dim: int = 2, what: str = "point cloud") -> np
         raise KDMError(f"{what} {path} must hold numbers, got dtype {arr.dtype}")
     if arr.shape[0] == 0:
         raise KDMError(f"{what} {path} is empty")
-    out = np.asarray(arr, dtype=np.float32)
+    out = np.array(arr, dtype=np.float32)  # a writable in-memory copy of the memory map
     bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
     if bad.size:
         first = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import KDMError
-from ..io import atomic_write, read_json, write_json
+from ..io import atomic_write, read_json, sha256_file, write_json
 from .manifest import (
     ARRAY_NAMES,
     FORMAT_VERSION,
@@ -182,7 +182,7 @@ class PairStore:
                 if not f.is_file():
                     problems.append(f"{fname}: missing")
                     continue
-                got, want = _sha256_file(f), entry["sha256"][name]
+                got, want = sha256_file(f), entry["sha256"][name]
                 if got != want:
                     problems.append(f"{fname}: sha256 {got[:12]}... differs from the manifest's "
                                     f"{want[:12]}... (file changed or corrupt)")
@@ -217,14 +217,6 @@ def _nonfinite(arr: np.ndarray, chunk_values: int = 1 << 22) -> tuple[int, np.nd
             if len(rows) < 5:
                 rows.extend(start + np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1)))
     return count, np.asarray(rows[:5], dtype=np.int64)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _HashingFile:
