@@ -17,7 +17,7 @@ demo: setup
 	$(BIN)/kdm demo --out kdm-demo
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
 
 clean:

@@ -224,3 +224,15 @@ def test_eigen_koopman_run_plots_both_spectra(tiny, tmp_path):
     assert kdm("eval", tmp_path / "run", "--set", "eval.n=300", "--set", "eval.projections=8",
                "--set", "eval.energy_n=100") == 0
     assert (tmp_path / "run" / "eval" / "spectrum.png").exists()
+
+
+def test_demo_runs_reuses_stages_and_guards_settings(tmp_path, capsys):
+    args = ["demo", "--preset", "checkerboard-tiny", "--out", tmp_path / "d",
+            "--set", "eval.n=300", "--set", "eval.projections=8", "--set", "eval.energy_n=100"]
+    assert kdm(*args) == 0
+    first = capsys.readouterr().out
+    assert "| KDM (one step) | 1" in first and "| teacher" in first and "noise_structure:" in first
+    assert kdm(*args) == 0
+    second = capsys.readouterr().out
+    assert "[teacher] reusing" in second and "[kdm] reusing" in second
+    one_line_error(kdm_proc(*args, "--set", "teacher.width=48"), "other settings")
