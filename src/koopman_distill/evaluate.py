@@ -9,6 +9,7 @@ same N, so the teacher's own score is the floor a perfect student could reach.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
     metric_args = {"projections": ecfg.projections, "seed": ecfg.seed, "energy_n": ecfg.energy_n}
     found = _teacher_for(gen.meta)
     result: dict[str, Any] = {"run": str(run.resolve()), "settings": {
-        **json.loads(json.dumps(ecfg.__dict__)), "weights": "ema",
+        **dataclasses.asdict(ecfg), "weights": "ema",
         "threads": torch.get_num_threads()}}
     if found is not None:
         teacher, sampler = found
