@@ -119,7 +119,7 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
     teacher, tcfg = load_teacher(teacher_run)
     cfg = cfg or tcfg  # the teacher's config with the caller's pairs/sampler settings
     sampler, steps, sigma = cfg.teacher.sampler, cfg.teacher.steps, tcfg.teacher.sigma_max
-    n_eval = nfe(sampler, steps)
+    n_fe = nfe(sampler, steps)
     bs = cfg.pairs.batch_size
 
     def generate(g: torch.Generator, count: int) -> dict[str, torch.Tensor]:
@@ -130,7 +130,7 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
 
     return write_pairs(out, generate, cfg.pairs.n, cfg.pairs.shard_size, cfg.pairs.seed,
                        sigma_max=sigma, shape=(teacher.dim,), teacher=teacher_identity(teacher_run),
-                       sampler={"method": sampler, "steps": steps}, nfe=n_eval,
+                       sampler={"method": sampler, "steps": steps}, nfe=n_fe,
                        config=cfg.to_dict(), source={"kind": "generated"}, progress=progress)
 
 
