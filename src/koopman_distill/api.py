@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import image_api
 from .config import Config, load_config
 from .data.arrays import load_points
 from .data.checkerboard import inside_fraction, sample_checkerboard
@@ -57,6 +58,23 @@ def read_run(run: str | Path) -> tuple[Config, dict[str, Any]]:
     return load_config(str(run / "config.json")), meta
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise KDMError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KDMError(f"device {name!r} asked for but no CUDA GPU is available; use cpu")
+    return device
+
+
+def _is_image(meta: dict[str, Any]) -> bool:
+    return "shape" in meta
+
+
 def _weights(run: Path, ema: bool) -> dict[str, torch.Tensor]:
     ckpt = latest_checkpoint(run)
     if ckpt is None:
@@ -66,39 +84,58 @@ def _weights(run: Path, ema: bool) -> dict[str, torch.Tensor]:
 
 # -- teacher --------------------------------------------------------------------------------
 def teacher_data(cfg: Config) -> torch.Tensor:
-    """The teacher's training data (N, 2): the embedded checkerboard or a user ``.npy``."""
+    """The 2-D teacher's training data (N, 2): the embedded checkerboard or a user ``.npy``."""
     if cfg.data.source == "checkerboard":
         return sample_checkerboard(cfg.data.n, torch.Generator().manual_seed(cfg.data.seed))
     return torch.from_numpy(load_points(cfg.data.source))
 
 
-def train_teacher(cfg: Config, out: str | Path) -> Path:
-    """Train a flow-matching teacher into a new run directory ``out``."""
+def _teacher_tensors(cfg: Config) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if cfg.data.resolution > 0:
+        if cfg.teacher.kind != "edm":
+            raise KDMError("image data needs teacher.kind=edm")
+        return image_api.teacher_tensors(cfg)
+    if cfg.teacher.kind != "flow":
+        raise KDMError("2-D point data needs teacher.kind=flow (or set data.resolution for "
+                       "images)")
     x = teacher_data(cfg)
-    meta = {"kind": "teacher", "dim": int(x.shape[1]), "n_data": len(x),
-            "sigma_max": cfg.teacher.sigma_max}
+    return {"x": x}, {"kind": "teacher", "dim": int(x.shape[1]), "n_data": len(x),
+                      "sigma_max": cfg.teacher.sigma_max}
+
+
+def build_teacher(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
+    if _is_image(meta):
+        return image_api.build_teacher(cfg, tuple(meta["shape"]), meta["num_classes"])
+    return FlowMatchingTeacher(meta["dim"], cfg.teacher)
+
+
+def train_teacher(cfg: Config, out: str | Path) -> Path:
+    """Train a teacher (flow-matching MLP for points, EDM UNet for images) into ``out``."""
+    tensors, meta = _teacher_tensors(cfg)
     out = _start_run(out, cfg, meta)
-    return _fit_teacher(cfg, out, x, resume=False)
+    return _fit_teacher(cfg, meta, out, tensors, resume=False)
 
 
-def _fit_teacher(cfg: Config, out: Path, x: torch.Tensor, resume: bool) -> Path:
+def _fit_teacher(cfg: Config, meta: dict[str, Any], out: Path,
+                 tensors: dict[str, torch.Tensor], resume: bool) -> Path:
     seed_everything(cfg.teacher_train.seed)
-    model = FlowMatchingTeacher(x.shape[1], cfg.teacher)
-    data = TensorBatches({"x": x}, cfg.teacher_train.batch_size, cfg.teacher_train.seed)
-    trainer = Trainer(model, data, cfg.teacher_train, out)
+    model = build_teacher(cfg, meta)
+    data = TensorBatches(tensors, cfg.teacher_train.batch_size, cfg.teacher_train.seed)
+    trainer = Trainer(model, data, cfg.teacher_train, out,
+                      device=resolve_device(cfg.teacher_train.device))
     if resume:
         trainer.resume()
     trainer.fit()
     return out
 
 
-def load_teacher(run: str | Path, ema: bool = True) -> tuple[FlowMatchingTeacher, Config]:
+def load_teacher(run: str | Path, ema: bool = True) -> tuple[torch.nn.Module, Config]:
     """A trained teacher (EMA weights by default) in eval mode, and its config."""
     run = Path(run)
     cfg, meta = read_run(run)
     if meta.get("kind") != "teacher":
         raise KDMError(f"{run} is a {meta.get('kind')!r} run, not a teacher")
-    model = FlowMatchingTeacher(meta["dim"], cfg.teacher)
+    model = build_teacher(cfg, meta)
     weights, ckpt = _weights(run, ema)
     load_into(model, weights, ckpt)
     return model.eval(), cfg
@@ -107,8 +144,11 @@ def load_teacher(run: str | Path, ema: bool = True) -> tuple[FlowMatchingTeacher
 def teacher_identity(run: str | Path) -> dict[str, Any]:
     """What identifies a teacher in a pair store manifest."""
     run = Path(run).resolve()
+    _, meta = read_run(run)
     _, ckpt = _weights(run, True)
-    return {"kind": "flow-matching-mlp", "path": str(run), "checkpoint": ckpt.name,
+    kind = {"kind": "edm-unet", "num_classes": meta["num_classes"]} if _is_image(meta) else {
+        "kind": "flow-matching-mlp"}
+    return {**kind, "path": str(run), "checkpoint": ckpt.name,
             "weights_sha256": sha256_file(ckpt / "ema.safetensors")}
 
 
@@ -117,10 +157,21 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
                progress: bool = True) -> PairStore:
     """Run the teacher's ODE sampler on seeded noise and write a pair store (resumable)."""
     teacher, tcfg = load_teacher(teacher_run)
+    _, tmeta = read_run(teacher_run)
     cfg = cfg or tcfg  # the teacher's config with the caller's pairs/sampler settings
-    sampler, steps, sigma = cfg.teacher.sampler, cfg.teacher.steps, tcfg.teacher.sigma_max
-    n_fe = nfe(sampler, steps)
-    bs = cfg.pairs.batch_size
+    sigma, steps = tcfg.teacher.sigma_max, cfg.teacher.steps
+    storage = {"clean_dtype": cfg.pairs.clean_dtype, "store_noise": cfg.pairs.store_noise}
+    if _is_image(tmeta):
+        device = resolve_device(cfg.train.device)
+        teacher.to(device).steps = steps
+        generate = image_api.pair_generator(teacher, cfg, tmeta["shape"], device)
+        return write_pairs(
+            out, generate, cfg.pairs.n, cfg.pairs.shard_size, cfg.pairs.seed, sigma_max=sigma,
+            shape=tuple(tmeta["shape"]), teacher=teacher_identity(teacher_run),
+            sampler={"method": "heun-karras", "steps": steps, "sigma_min": tcfg.teacher.sigma_min,
+                     "rho": tcfg.teacher.rho}, nfe=teacher.nfe, config=cfg.to_dict(),
+            progress=progress, **storage)
+    sampler, bs = cfg.teacher.sampler, cfg.pairs.batch_size
 
     def generate(g: torch.Generator, count: int) -> dict[str, torch.Tensor]:
         noise = sigma * torch.randn(count, teacher.dim, generator=g)
@@ -130,8 +181,9 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
 
     return write_pairs(out, generate, cfg.pairs.n, cfg.pairs.shard_size, cfg.pairs.seed,
                        sigma_max=sigma, shape=(teacher.dim,), teacher=teacher_identity(teacher_run),
-                       sampler={"method": sampler, "steps": steps}, nfe=n_fe,
-                       config=cfg.to_dict(), source={"kind": "generated"}, progress=progress)
+                       sampler={"method": sampler, "steps": steps}, nfe=nfe(sampler, steps),
+                       config=cfg.to_dict(), source={"kind": "generated"}, progress=progress,
+                       **storage)
 
 
 # -- KDM ------------------------------------------------------------------------------------
@@ -143,43 +195,62 @@ def _pair_tensors(store: PairStore) -> dict[str, torch.Tensor]:
 
 
 def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:
-    """Distill the pair store ``pairs`` into a one-step KDM in a new run directory ``out``."""
+    """Distill the pair store ``pairs`` into a one-step KDM in a new run directory ``out``:
+    MLP networks for vectors (N, D), UNets for images (N, C, R, R)."""
     store = PairStore(pairs)
-    if len(store.shape) != 1:
-        raise KDMError(f"pair store {pairs} holds examples of shape {store.shape}; the MLP KDM "
-                       "needs vectors (N, D)")
+    if len(store.shape) not in (1, 3):
+        raise KDMError(f"pair store {pairs} holds examples of shape {store.shape}; KDM needs "
+                       "vectors (D,) or images (C, R, R)")
     if store.manifest.get("config"):  # the data the teacher learned is part of the record
         cfg.data = Config.from_dict(store.manifest["config"]).data
-    meta = {"kind": "kdm", "dim": int(store.shape[0]), "sigma_max": store.sigma_max,
-            "pairs": str(Path(pairs).resolve()), "n_pairs": len(store),
-            "teacher": store.manifest.get("teacher"), "nfe_teacher": store.manifest.get("nfe")}
-    tensors = _pair_tensors(store)  # validated before anything is written
+    meta = {"kind": "kdm", "sigma_max": store.sigma_max, "pairs": str(Path(pairs).resolve()),
+            "n_pairs": len(store), "teacher": store.manifest.get("teacher"),
+            "nfe_teacher": store.manifest.get("nfe")}
+    if len(store.shape) == 3:
+        meta.update(shape=list(store.shape), num_classes=image_api.store_classes(store, cfg))
+        store.check_finite()  # validated before anything is written
+        out = _start_run(out, cfg, meta)
+        return _fit_kdm(cfg, meta, out, store, resume=False)
+    meta["dim"] = int(store.shape[0])
+    tensors = _pair_tensors(store)
     out = _start_run(out, cfg, meta)
     return _fit_kdm(cfg, meta, out, tensors, resume=False)
 
 
-def build_kdm(cfg: Config, meta: dict[str, Any]) -> KDM:
+def build_kdm(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
+    if _is_image(meta):
+        return image_api.build_kdm(cfg, meta)
     return KDM(meta["dim"], cfg.model, meta["sigma_max"])
 
 
-def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, tensors: dict[str, torch.Tensor],
-             resume: bool) -> Path:
+def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
+             pairs: dict[str, torch.Tensor] | PairStore, resume: bool) -> Path:
     seed_everything(cfg.train.seed)
     model = build_kdm(cfg, meta)
-    data = TensorBatches(tensors, cfg.train.batch_size, cfg.train.seed)
-    probe = {k: v[:2048] for k, v in tensors.items()}
+    device = resolve_device(cfg.train.device)
+    if isinstance(pairs, PairStore):  # images: streamed from the store
+        data = image_api.StoreBatches(pairs, cfg.train.batch_size, cfg.train.seed)
+        probe = image_api.to_tensors(pairs.load(np.arange(min(256, len(pairs)))))
+    else:
+        data = TensorBatches(pairs, cfg.train.batch_size, cfg.train.seed)
+        probe = {k: v[:2048] for k, v in pairs.items()}
+    probe = {k: v.to(device) for k, v in probe.items()}
     g = torch.Generator().manual_seed(cfg.eval.seed)
-    probe_noise = meta["sigma_max"] * torch.randn(min(cfg.eval.n, 5000), meta["dim"], generator=g)
+    checkerboard = cfg.data.source == "checkerboard" and not _is_image(meta)
+    probe_noise = (meta["sigma_max"] * torch.randn(min(cfg.eval.n, 5000), meta["dim"],
+                                                    generator=g).to(device)
+                   if checkerboard else None)
 
     def evaluate(ema: torch.nn.Module, step: int) -> dict[str, float]:
         with torch.no_grad():
             ema.eval()
-            res = {"pair_mse": (ema(probe["noise"]) - probe["clean"]).square().mean().item()}
-            if cfg.data.source == "checkerboard":
-                res["inside"] = inside_fraction(ema(probe_noise).numpy())
+            args = (probe["noise"], probe["label"]) if "label" in probe else (probe["noise"],)
+            res = {"pair_mse": (ema(*args) - probe["clean"]).square().mean().item()}
+            if checkerboard:
+                res["inside"] = inside_fraction(ema(probe_noise).cpu().numpy())
         return res
 
-    trainer = Trainer(model, data, cfg.train, out, evaluate=evaluate)
+    trainer = Trainer(model, data, cfg.train, out, evaluate=evaluate, device=device)
     if resume:
         trainer.resume()
     trainer.fit()
@@ -191,20 +262,28 @@ def resume_run(run: str | Path) -> Path:
     run = Path(run)
     cfg, meta = read_run(run)
     if meta.get("kind") == "teacher":
-        return _fit_teacher(cfg, run, teacher_data(cfg), resume=True)
+        return _fit_teacher(cfg, meta, run, _teacher_tensors(cfg)[0], resume=True)
     if meta.get("kind") == "kdm":
-        return _fit_kdm(cfg, meta, run, _pair_tensors(PairStore(meta["pairs"])), resume=True)
+        store = PairStore(meta["pairs"])
+        pairs = store if _is_image(meta) else _pair_tensors(store)
+        return _fit_kdm(cfg, meta, run, pairs, resume=True)
     raise KDMError(f"{run} has unknown run kind {meta.get('kind')!r}")
 
 
 class OneStepGenerator:
-    """A trained KDM ready to sample: ``sample(n)`` or ``map(noise)`` in one step."""
+    """A trained KDM ready to sample: ``sample(n)`` or ``map(noise)`` in one step.
 
-    def __init__(self, model: KDM, cfg: Config, meta: dict[str, Any]):
-        self.model, self.cfg, self.meta = model.eval(), cfg, meta
+    Examples are vectors (dim,) or images (C, R, R); a class-conditional image KDM takes int64
+    labels (n,) (``sample`` draws them uniformly from its seed when none are given).
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: Config, meta: dict[str, Any],
+                 device: torch.device | None = None):
+        self.device = device or torch.device("cpu")
+        self.model, self.cfg, self.meta = model.to(self.device).eval(), cfg, meta
 
     @classmethod
-    def load(cls, run: str | Path, ema: bool = True) -> OneStepGenerator:
+    def load(cls, run: str | Path, ema: bool = True, device: str = "cpu") -> OneStepGenerator:
         run = Path(run)
         cfg, meta = read_run(run)
         if meta.get("kind") != "kdm":
@@ -212,36 +291,79 @@ class OneStepGenerator:
         model = build_kdm(cfg, meta)
         weights, ckpt = _weights(run, ema)
         load_into(model, weights, ckpt)
-        return cls(model, cfg, meta)
+        return cls(model, cfg, meta, resolve_device(device))
 
     @property
     def sigma_max(self) -> float:
         return float(self.meta["sigma_max"])
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one example: (dim,) or (C, R, R)."""
+        return tuple(self.meta["shape"]) if _is_image(self.meta) else (self.meta["dim"],)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta.get("num_classes", 0))
+
     def noise(self, n: int, seed: int = 0) -> torch.Tensor:
-        """Seeded ``x_T ~ N(0, sigma_max^2 I)``, (n, dim)."""
+        """Seeded ``x_T ~ N(0, sigma_max^2 I)``, (n, *shape)."""
         g = torch.Generator().manual_seed(seed)
-        return self.sigma_max * torch.randn(n, self.meta["dim"], generator=g)
+        return self.sigma_max * torch.randn(n, *self.shape, generator=g)
+
+    def labels(self, n: int, seed: int = 0) -> torch.Tensor | None:
+        """Uniform class ids (n,) from ``seed`` for a conditional model, else None."""
+        if not self.num_classes:
+            return None
+        g = torch.Generator().manual_seed(seed + 1)
+        return torch.randint(0, self.num_classes, (n,), generator=g)
 
     @torch.no_grad()
-    def map(self, noise: torch.Tensor | np.ndarray, batch_size: int = 65536) -> np.ndarray:
-        """One-step samples for given noise (n, dim) -> (n, dim) float32."""
+    def map(self, noise: torch.Tensor | np.ndarray, labels: Any = None,
+            batch_size: int | None = None) -> np.ndarray:
+        """One-step samples for given noise (n, *shape) [and labels (n,)] -> (n, *shape)."""
         x = (noise.detach().float().cpu() if isinstance(noise, torch.Tensor)
              else torch.from_numpy(np.array(noise, dtype=np.float32)))
-        if x.ndim != 2 or x.shape[1] != self.meta["dim"]:
-            raise KDMError(f"noise must have shape (N, {self.meta['dim']}), got "
-                           f"{tuple(x.shape)}")
-        return torch.cat([self.model(x[i:i + batch_size])
-                          for i in range(0, len(x), batch_size)]).numpy()
+        if x.ndim != 1 + len(self.shape) or tuple(x.shape[1:]) != self.shape:
+            raise KDMError(f"noise must have shape (N, {', '.join(map(str, self.shape))}), "
+                           f"got {tuple(x.shape)}")
+        y = _labels(labels, len(x), self.num_classes)
+        bs = batch_size or (65536 if len(self.shape) == 1 else 256)
+        out = []
+        for i in range(0, len(x), bs):
+            args = [x[i:i + bs].to(self.device)]
+            if y is not None:
+                args.append(y[i:i + bs].to(self.device))
+            out.append(self.model(*args).float().cpu())
+        return torch.cat(out).numpy()
 
-    def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` one-step samples from seeded noise, (n, dim)."""
-        return self.map(self.noise(n, seed))
+    def sample(self, n: int, seed: int = 0, labels: Any = None) -> np.ndarray:
+        """``n`` one-step samples from seeded noise, (n, *shape)."""
+        return self.map(self.noise(n, seed), self.labels(n, seed) if labels is None else labels)
 
 
-def load_run(run: str | Path, ema: bool = True) -> OneStepGenerator:
+def _labels(labels: Any, n: int, num_classes: int) -> torch.Tensor | None:
+    """Check class ids for a model with ``num_classes`` classes (0 = unconditional)."""
+    if not num_classes:
+        if labels is not None:
+            raise KDMError("this model is unconditional; do not pass labels")
+        return None
+    if labels is None:
+        raise KDMError(f"this model is class-conditional ({num_classes} classes); pass labels "
+                       "(e.g. --labels FILE.npy or --class K)")
+    y = torch.as_tensor(np.asarray(labels))
+    if y.shape != (n,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise KDMError(f"labels must be {n} integer class ids, got {y.dtype} "
+                       f"{tuple(y.shape)}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise KDMError(f"labels must lie in [0, {num_classes}), got values from {int(y.min())} "
+                       f"to {int(y.max())}")
+    return y.long()
+
+
+def load_run(run: str | Path, ema: bool = True, device: str = "cpu") -> OneStepGenerator:
     """Load a KDM run for sampling (EMA weights unless ``ema=False``)."""
-    return OneStepGenerator.load(run, ema)
+    return OneStepGenerator.load(run, ema, device)
 
 
 def timed(fn: Any, *args: Any) -> tuple[Any, float]:

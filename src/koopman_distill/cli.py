@@ -121,19 +121,34 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from .api import load_run
-    from .data.arrays import load_points
+    from .data.arrays import load_array
 
     if not args.out.endswith(".npy"):
         raise KDMError(f"--out {args.out} must end in .npy")
-    gen = load_run(args.run, ema=not args.raw)
+    gen = load_run(args.run, ema=not args.raw, device=args.device)
+    labels = None
+    if args.labels:
+        labels = load_array(args.labels, what="labels")
     if args.noise:
-        samples = gen.map(load_points(args.noise, gen.meta["dim"], what="noise"))
+        noise = load_array(args.noise, shape=gen.shape, what="noise")
+        n = len(noise)
     else:
         if args.n is None or args.n < 1:
             raise KDMError("give --n N (>= 1) or --noise NOISE.npy")
-        samples = gen.sample(args.n, args.seed)
+        noise, n = gen.noise(args.n, args.seed), args.n
+    if args.cls is not None:
+        labels = np.full(n, args.cls, dtype=np.int64)
+    if labels is None and not args.noise:
+        labels = gen.labels(n, args.seed)
+    samples = gen.map(noise, labels)
     _save_array(args.out, samples)
     print(f"wrote {len(samples)} samples to {args.out}")
+    if args.grid:
+        from .analysis.plots import image_grids
+
+        if len(gen.shape) != 3:
+            raise KDMError("--grid is for image runs")
+        print(f"grid: {image_grids({'KDM (1 step)': samples[:100]}, args.grid)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -177,6 +192,8 @@ def _print_eval(result: dict) -> None:
     from .demo import results_table
 
     print(results_table(result))
+    for k, v in result.get("timings", {}).items():
+        print(f"{k}: {v:.0f} s")
     for k, v in result.get("plots", {}).items():
         print(f"{k}: {v}")
 
@@ -186,7 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     result = run_demo(cfg, args.out)
-    print("\nResults (checkerboard, N = {n}):".format(n=result["settings"]["n"]))
+    print(f"\nResults ({cfg.preset}, N = {result['settings']['n']}):")
     _print_eval(result)
     print(f"eval: {Path(args.out) / 'kdm' / 'eval' / 'eval.json'}")
 
@@ -204,9 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("teacher", help="teacher commands: `kdm teacher train`")
     tsub = s.add_subparsers(dest="teacher_command", required=True, parser_class=_Parser)
-    t = tsub.add_parser("train", help="train a flow-matching teacher", epilog=EPILOG)
+    t = tsub.add_parser("train", help="train a teacher (flow-matching MLP for points, EDM UNet "
+                        "for images)", epilog=EPILOG)
     t.add_argument("--out", help="new run directory")
-    t.add_argument("--data", help="a .npy point cloud (N, 2) instead of the checkerboard")
+    t.add_argument("--data", help="training data (data.source): a .npy point cloud (N, 2), or "
+                   "for image presets digits, fashion-mnist[:DIR], mnist:DIR or a .npy/.npz")
     t.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
     _add_config_args(t)
     t.set_defaults(fn=cmd_teacher_train)
@@ -245,9 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="one-step samples from a KDM run")
     s.add_argument("run")
     s.add_argument("--n", type=int, help="number of samples")
-    s.add_argument("--out", required=True, help="output .npy (N, D)")
+    s.add_argument("--out", required=True, help="output .npy (N, D) or (N, C, R, R)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--noise", help="map this noise .npy (N, D) instead of drawing it")
+    s.add_argument("--noise", help="map this noise .npy (N, D) or (N, C, R, R) instead of "
+                   "drawing it")
+    s.add_argument("--labels", help="conditional runs: class ids .npy (N,) (default: uniform "
+                   "from --seed)")
+    s.add_argument("--class", dest="cls", type=int, help="conditional runs: one class for all")
+    s.add_argument("--grid", help="image runs: also write a PNG grid of the first 100")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     s.add_argument("--raw", action="store_true", help="use the raw weights, not the EMA")
     s.set_defaults(fn=cmd_sample)
 
@@ -261,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(s)
     s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("demo", help="the whole pipeline on the checkerboard in a few minutes",
+    s = sub.add_parser("demo", help="the whole pipeline (teacher, pairs, KDM, eval) for a "
+                       "preset; default: the checkerboard in a few minutes",
                        epilog=EPILOG)
     s.add_argument("--out", default="kdm-demo", help="output directory (default: kdm-demo)")
     _add_config_args(s)

@@ -20,19 +20,41 @@ from .errors import KDMError
 class DataConfig:
     """Training data for the teacher.
 
-    ``source`` is ``checkerboard`` (the embedded 2-D distribution) or a path to a ``.npy``
-    point cloud of shape (N, 2).
+    Points (``resolution`` 0): ``checkerboard`` (the embedded 2-D distribution) or a path to a
+    ``.npy`` point cloud of shape (N, 2). Images (``resolution`` > 0): ``digits``
+    (scikit-learn's 8x8 digits), ``fashion-mnist[:DIR]``, ``mnist:DIR`` (IDX files) or a path
+    to a ``.npy``/``.npz`` image array, resized or padded to ``resolution``.
     """
 
     source: str = "checkerboard"
-    n: int = 500_000  # samples drawn from an embedded distribution
+    n: int = 500_000  # samples drawn from an embedded distribution (0 = all, for datasets)
     seed: int = 0
+    resolution: int = 0  # image side length; 0 = 2-D point data
+    channels: int = 0  # image channels (1 or 3); 0 = the source's own
+    conditional: bool = False  # class-conditional teacher and KDM (needs labels)
+
+
+@dataclass
+class UNetConfig:
+    """A DDPM++-style UNet (the reference's SongUNet); shared by the EDM teacher and image KDM."""
+
+    channels: int = 64  # channels at the first level
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
+    num_blocks: int = 4  # residual blocks per level
+    attn_resolutions: list[int] = field(default_factory=lambda: [16])
+    dropout: float = 0.1
 
 
 @dataclass
 class TeacherConfig:
-    """Flow-matching MLP teacher and its deterministic ODE sampler."""
+    """The teacher and its deterministic ODE sampler.
 
+    ``flow``: a flow-matching MLP for 2-D points (``width`` ... ``x_fmax``; samplers euler,
+    midpoint, heun, rk4). ``edm``: an EDM-preconditioned UNet for images with the Heun sampler
+    on the Karras schedule (``sigma_min``, ``sigma_max``, ``rho``; 18 steps = 35 NFE).
+    """
+
+    kind: str = "flow"  # flow | edm
     width: int = 256
     depth: int = 4
     time_features: int = 16
@@ -41,6 +63,12 @@ class TeacherConfig:
     sigma_max: float = 1.0  # std of the noise x_T the ODE starts from
     sampler: str = "heun"  # euler | midpoint | heun | rk4
     steps: int = 25  # fixed ODE steps; NFE depends on the sampler (heun: 2 per step)
+    sigma_min: float = 0.002  # edm only
+    rho: float = 7.0  # edm only: Karras schedule exponent
+    sigma_data: float = 0.5  # edm only
+    P_mean: float = -1.2  # edm only: log-normal training noise levels
+    P_std: float = 1.2
+    unet: UNetConfig = field(default_factory=UNetConfig)  # edm only
 
 
 @dataclass
@@ -51,11 +79,20 @@ class PairsConfig:
     shard_size: int = 10_000
     batch_size: int = 10_000
     seed: int = 1
+    clean_dtype: str = "float32"  # float32 | float16 (halves image stores)
+    store_noise: bool = True  # false: store a seed per pair and regenerate x_T on reading
 
 
 @dataclass
 class ModelConfig:
-    """KDM: encoders E_T, E_0, decoder D (MLPs) and the Koopman operator K."""
+    """KDM: encoders E_T, E_0, decoder D and the Koopman operator K.
+
+    Points: three MLPs (``width``, ``depth``, ``latent_dim``). Images: three UNets (``unet``)
+    with a ``latent_channels`` x R x R latent, optionally linearly projected to ``projection``
+    dims; class labels (``data.conditional``) go into all three UNets and a learned control
+    ``B y`` is added after ``K``; an optional adversarial term (``w_adv``) with a patch
+    discriminator trained on the teacher's outputs as real.
+    """
 
     width: int = 256
     depth: int = 5  # linear layers per network
@@ -63,7 +100,7 @@ class ModelConfig:
     koopman: str = "dense"  # dense | eigen
     koopman_bias: bool = True  # dense only: K z + b
     sigma_z: float = 0.4  # latent noise during training
-    distance: str = "l2"  # l2 | pseudo_huber
+    distance: str = "l2"  # l2 | pseudo_huber | lpips (images)
     huber_c: float = 0.03
     w_latent: float = 1.0
     w_rec: float = 1.0
@@ -73,6 +110,12 @@ class ModelConfig:
     spectrum_target: str = "disk"  # disk (uniform on the unit disk) | circle (|lambda| = 1)
     r_min: float = 0.0  # eigen init: |lambda| ring
     r_max: float = 1.0
+    unet: UNetConfig = field(default_factory=UNetConfig)  # images only
+    latent_channels: int = 1  # images only
+    projection: int = 0  # images only: linear projection of the flat latent (0 = none)
+    w_adv: float = 0.0  # images only: generator adversarial weight (reference: 0.01)
+    disc_channels: int = 64  # images only: patch discriminator width
+    lpips_weights: str = ""  # distance lpips: local VGG16+LPIPS weights file(s), comma-separated
 
 
 @dataclass
@@ -96,6 +139,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_nonfinite: int = 20  # consecutive non-finite steps before the run stops
     progress: bool = True
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
 
 
 @dataclass
@@ -107,6 +151,11 @@ class EvalConfig:
     reference_seed: int = 54321  # fresh teacher samples as the reference set
     projections: int = 512  # sliced Wasserstein directions
     energy_n: int = 5000  # subsample for the energy distance (O(n^2))
+    extractor: str = "classifier"  # images: classifier | effnet | inception
+    extractor_weights: str = ""  # inception: local FID Inception weights file
+    effnet_resolution: int = 224  # effnet input side (images are resized to it)
+    kid_subset: int = 1000
+    batch_size: int = 500  # sampling batch for image evaluation
 
 
 @dataclass
@@ -158,6 +207,9 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise KDMError(f"{where} must be {tp.__name__}, got {value!r}")
+    if tp == list[int] and not (isinstance(value, list) and all(
+            type(v) is int for v in value)):
+        raise KDMError(f"{where} must be a list of integers, got {value!r}")
     return value
 
 
@@ -168,6 +220,59 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
 _KDM_CHECKERBOARD = {"distance": "pseudo_huber"}
 _TRAIN_CHECKERBOARD = {"batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine", "warmup": 200,
                        "ema_decay": 0.999}
+
+# Images. The paper's full-size KDM configurations (reference §10): three 64-channel UNets
+# (32 channels + a 512-d projection at 64x64), a 1-channel latent, LPIPS distance (local
+# weights), adversarial weight 0.01, batch 128, lr 3e-4, EMA 0.9999, 800k iterations. Their
+# teachers follow EDM's DDPM++ settings; users usually bring their own teacher's pairs.
+_UNET_PAPER = {"channels": 64, "channel_mult": [1, 2, 2, 2], "num_blocks": 4,
+               "attn_resolutions": [16], "dropout": 0.1}
+_KDM_PAPER = {"unet": _UNET_PAPER, "latent_channels": 1, "distance": "lpips", "w_adv": 0.01,
+              "sigma_z": 0.4}
+_TRAIN_PAPER = {"steps": 800_000, "batch_size": 128, "lr": 3e-4, "ema_decay": 0.9999,
+                "ema_warmup": False, "eval_every": 20_000, "ckpt_every": 20_000,
+                "log_every": 200}
+_EDM_TEACHER = {"kind": "edm", "sigma_max": 80.0, "steps": 18,
+                "unet": {"channels": 128, "channel_mult": [2, 2, 2], "num_blocks": 4,
+                         "attn_resolutions": [16], "dropout": 0.13}}
+_EDM_TEACHER_TRAIN = {"steps": 390_000, "batch_size": 512, "lr": 1e-3, "warmup": 5000,
+                      "ema_decay": 0.9993, "ckpt_every": 10_000}
+_PAIRS_PAPER = {"n": 1_000_000, "shard_size": 10_000, "batch_size": 500,
+                "clean_dtype": "float16", "store_noise": False}
+_EVAL_FID = {"n": 50_000, "extractor": "inception", "batch_size": 500}
+
+
+def _paper(source: str, resolution: int, n_pairs: int, conditional: bool = False,
+           projection: int = 0, channels: int = 64) -> dict[str, Any]:
+    return {
+        "data": {"source": source, "resolution": resolution, "channels": 3, "n": 0,
+                 "conditional": conditional},
+        "teacher": _EDM_TEACHER, "teacher_train": _EDM_TEACHER_TRAIN,
+        "pairs": {**_PAIRS_PAPER, "n": n_pairs},
+        "model": {**_KDM_PAPER, "projection": projection,
+                  "unet": {**_UNET_PAPER, "channels": channels}},
+        "train": _TRAIN_PAPER, "eval": _EVAL_FID,
+    }
+
+
+# The CPU image benchmark: real Fashion-MNIST at 16x16, sized so that teacher, pairs, KDM and
+# evaluation run in under an hour on 2 cores (docs/benchmarks.md).
+_FASHION16 = {
+    "data": {"source": "fashion-mnist", "resolution": 16, "channels": 1, "n": 0},
+    "teacher": {"kind": "edm", "sigma_max": 80.0, "steps": 18,
+                "unet": {"channels": 16, "channel_mult": [1, 2, 4], "num_blocks": 1,
+                         "attn_resolutions": [], "dropout": 0.0}},
+    "teacher_train": {"steps": 2500, "batch_size": 128, "lr": 2e-3, "lr_schedule": "cosine",
+                      "warmup": 200, "ema_decay": 0.999, "ckpt_every": 500, "log_every": 50},
+    "pairs": {"n": 10_000, "shard_size": 2000, "batch_size": 500, "clean_dtype": "float16",
+              "store_noise": False},
+    "model": {"unet": {"channels": 16, "channel_mult": [1, 2], "num_blocks": 1,
+                       "attn_resolutions": [], "dropout": 0.0},
+              "latent_channels": 1, "distance": "pseudo_huber", "w_adv": 0.01},
+    "train": {"steps": 1500, "batch_size": 64, "lr": 1e-3, "lr_schedule": "cosine",
+              "warmup": 100, "ema_decay": 0.999, "eval_every": 500, "ckpt_every": 500},
+    "eval": {"n": 5000, "extractor": "classifier", "batch_size": 500},
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The full checkerboard budget: 50k pairs, as in the paper; 40k KDM steps at batch 256
@@ -199,6 +304,30 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "log_every": 5, "progress": False},
         "eval": {"n": 512, "projections": 32, "energy_n": 256},
     },
+    "fashion16": _FASHION16,
+    "fashion16-cond": {**_FASHION16, "data": {**_FASHION16["data"], "conditional": True}},
+    # Seconds, for tests: real 8x8 digits, tiny UNets.
+    "digits8": {
+        "data": {"source": "digits", "resolution": 8, "channels": 1, "n": 0,
+                 "conditional": True},
+        "teacher": {"kind": "edm", "sigma_max": 80.0, "steps": 4,
+                    "unet": {"channels": 8, "channel_mult": [1, 2], "num_blocks": 1,
+                             "attn_resolutions": [], "dropout": 0.0}},
+        "teacher_train": {"steps": 6, "batch_size": 32, "lr": 2e-3, "ckpt_every": 3,
+                          "log_every": 2, "progress": False},
+        "pairs": {"n": 96, "shard_size": 48, "batch_size": 48, "clean_dtype": "float16",
+                  "store_noise": False},
+        "model": {"unet": {"channels": 8, "channel_mult": [1, 2], "num_blocks": 1,
+                           "attn_resolutions": [], "dropout": 0.0},
+                  "latent_channels": 1, "w_adv": 0.01},
+        "train": {"steps": 6, "batch_size": 16, "eval_every": 3, "ckpt_every": 3,
+                  "log_every": 2, "progress": False},
+        "eval": {"n": 64, "extractor": "classifier", "batch_size": 64, "kid_subset": 32},
+    },
+    "cifar10": _paper("cifar10-train.npz", 32, 1_000_000),
+    "cifar10-cond": _paper("cifar10-train.npz", 32, 1_000_000, conditional=True),
+    "ffhq64": _paper("ffhq-64x64.npz", 64, 1_000_000, projection=512, channels=32),
+    "afhq64": _paper("afhqv2-64x64.npz", 64, 250_000, projection=512, channels=32),
 }
 
 
@@ -223,6 +352,12 @@ def preset(name: str) -> Config:
 
 
 def _parse_value(text: str, tp: Any, key: str) -> Any:
+    if tp == list[int]:  # "1,2,2"; an empty string is the empty list
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise KDMError(f"{key} takes comma-separated integers, e.g. 1,2,2; got "
+                           f"{text!r}") from None
     if tp is bool:
         low = text.lower()
         if low in ("1", "true", "yes", "on"):
@@ -239,20 +374,27 @@ def _parse_value(text: str, tp: Any, key: str) -> Any:
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``section.field=value`` strings; unknown keys and bad values raise KDMError."""
+    """Apply ``section.field=value`` strings (nested: ``model.unet.channels=32``); unknown
+    keys and bad values raise KDMError."""
     cfg = copy.deepcopy(cfg)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise KDMError(f"override {item!r} must look like section.field=value")
-        section, dot, name = key.strip().partition(".")
-        sub = getattr(cfg, section, None) if dot else None
-        if sub is None or not dataclasses.is_dataclass(sub):
+        *path, name = key.strip().split(".")
+        if not path:
             sections = [f.name for f in dataclasses.fields(cfg) if f.name != "preset"]
             raise KDMError(f"unknown config key {key!r}; sections are: {', '.join(sections)}")
+        sub: Any = cfg
+        for i, part in enumerate(path):
+            sub = getattr(sub, part, None)
+            if not dataclasses.is_dataclass(sub):
+                where = ".".join(path[:i + 1])
+                raise KDMError(f"unknown config key {key!r}: {where} is not a config section")
         hints = typing.get_type_hints(type(sub))
-        if name not in hints:
-            raise KDMError(f"unknown config key {key!r}; {section} has: {', '.join(hints)}")
+        if name not in hints or dataclasses.is_dataclass(hints[name]):
+            raise KDMError(f"unknown config key {key!r}; {'.'.join(path)} has: "
+                           f"{', '.join(hints)}")
         setattr(sub, name, _parse_value(text.strip(), hints[name], key))
     return cfg
 

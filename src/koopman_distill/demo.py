@@ -1,4 +1,5 @@
-"""``kdm demo``: the whole pipeline on the checkerboard, with a results table at the end.
+"""``kdm demo``: the whole pipeline for a preset (default: the checkerboard), with a results
+table at the end.
 
 Each stage lives in its own directory under ``out`` and is reused when already complete (or
 resumed when interrupted), so a second run only re-evaluates.
@@ -60,8 +61,34 @@ def run_demo(cfg: Config, out: str | Path) -> dict[str, Any]:
     return result
 
 
+def _markdown(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+             for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _image_table(result: dict[str, Any]) -> str:
+    timings = result.get("timings", {})
+    rows = [("method", "NFE", "FD", "KID", "class acc.", "paired MSE", "samples/s",
+             "train wall (s)")]
+    for name, key in (("teacher", "teacher"), ("KDM (one step)", "kdm")):
+        r = result.get(key)
+        if r is None:
+            continue
+        acc, paired = r.get("class_accuracy"), r.get("paired_mse")
+        rows.append((name, str(r["nfe"]), f"{r['fd']:.3f}", f"{r['kid']:.4f}",
+                     "-" if acc is None else f"{acc:.3f}",
+                     "-" if paired is None else f"{paired:.4f}", f"{r['samples_per_s']:,.0f}",
+                     f"{timings[key]:.0f}" if key in timings else "-"))
+    return _markdown(rows)
+
+
 def results_table(result: dict[str, Any]) -> str:
     """A Markdown table of teacher vs KDM from an evaluation result."""
+    if "fd" in result.get("kdm", {}):
+        return _image_table(result)
     timings = result.get("timings", {})
     rows = [("method", "NFE", "inside squares", "sliced W1", "energy", "paired sq. err",
              "samples/s", "train wall (s)")]
@@ -75,8 +102,4 @@ def results_table(result: dict[str, Any]) -> str:
                      "-" if paired is None else f"{paired:.2e}",
                      f"{r['samples_per_s']:,.0f}",
                      f"{timings[stage]:.0f}" if stage in timings else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-             for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    return _markdown(rows)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .analysis import plots
-from .api import load_run, load_teacher, timed
+from .api import load_run, load_teacher, read_run, timed
 from .config import EvalConfig
 from .data.checkerboard import sample_checkerboard
 from .io import write_json
@@ -44,6 +44,10 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
     """Evaluate the EMA weights of a KDM run; writes ``eval.json`` (and plots) under ``out``
     (default ``RUN/eval``) and returns the result."""
     run = Path(run)
+    if "shape" in read_run(run)[1]:
+        from .evaluate_images import evaluate_image_run
+
+        return evaluate_image_run(run, ecfg, out, make_plots)
     gen = load_run(run)
     ecfg = ecfg or gen.cfg.eval
     out = Path(out) if out else run / "eval"

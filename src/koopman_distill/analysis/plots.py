@@ -235,3 +235,44 @@ def loss_curves(log_rows: Sequence[Mapping[str, Any]], out_png: str | os.PathLik
         if title:
             ax.set_title(title)
         return _save(fig, out_png)
+
+
+def tile(images: Any, nrow: int, pad: int = 1) -> np.ndarray:
+    """Images (N, C, R, R) in [-1, 1] -> one (H, W, C) array in [0, 1], ``nrow`` per row,
+    ``pad`` white pixels between tiles."""
+    x = np.clip((np.asarray(images, dtype=np.float32) + 1) / 2, 0, 1)
+    if x.ndim != 4 or len(x) == 0:
+        raise KDMError(f"images must have shape (N, C, R, R) with N >= 1, got {x.shape}")
+    n, c, h, w = x.shape
+    rows = -(-n // nrow)
+    grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), np.float32)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[top:top + h, left:left + w] = x[i].transpose(1, 2, 0)
+    return grid
+
+
+def image_grids(panels: Mapping[str, Any], out_png: str | os.PathLike, nrow: int = 10,
+                row_labels: Sequence[str] | None = None) -> Path:
+    """Side-by-side grids of images (N, C, R, R) in [-1, 1], one panel per entry (e.g. the
+    teacher and KDM on the same noise); ``row_labels`` name the grid rows (e.g. classes)."""
+    if not panels:
+        raise KDMError("image_grids needs at least one panel")
+    grids = {k: tile(v, nrow) for k, v in panels.items()}
+    h, w, _ = next(iter(grids.values())).shape
+    scale = PANEL_SIZE / max(h, w) * 1.3
+    with matplotlib.rc_context({**_STYLE, "axes.grid": False}):
+        fig, axes = _figure(1, len(grids), scale * w * len(grids) + 0.6, scale * h + 0.4)
+        for ax, (title, g) in zip(axes[0], grids.items(), strict=True):
+            ax.imshow(g.squeeze(-1) if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_title(title)
+            ax.set_xticks([])
+            if row_labels is not None and ax is axes[0][0]:
+                step = (h - 1) / len(row_labels)
+                ax.set_yticks([1 + step * (i + 0.5) for i in range(len(row_labels))],
+                              list(row_labels))
+            else:
+                ax.set_yticks([])
+        return _save(fig, out_png)

@@ -1,4 +1,4 @@
-"""User-provided arrays: validated loading of ``.npy`` point clouds and noise files."""
+"""User-provided arrays: validated loading of ``.npy`` point clouds, noise and label files."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ import numpy as np
 from ..errors import KDMError
 
 
-def load_points(path: str | Path, dim: int = 2, what: str = "point cloud") -> np.ndarray:
-    """Load a ``.npy`` array of shape (N, dim) as float32, rejecting anything else.
+def load_array(path: str | Path, shape: tuple[int, ...] | None = None,
+               what: str = "array") -> np.ndarray:
+    """Load a ``.npy`` array of shape (N, *shape) as float32, or, with ``shape`` None, class
+    ids of shape (N,) as int64; reject anything else.
 
     Errors (one line each): missing file, not a NumPy ``.npy`` file, object arrays, wrong
-    shape, non-numeric dtype, no rows, NaN/inf (with their count and first row indices).
+    shape, non-numeric dtype, no rows, NaN/inf (with their count and first row indices),
+    non-integer or negative class ids.
     """
     path = Path(path)
+    want = "(N,)" if shape is None else f"(N, {', '.join(map(str, shape))})"
     if not path.is_file():
         raise KDMError(f"{what} file not found: {path}")
     try:
@@ -26,17 +30,27 @@ def load_points(path: str | Path, dim: int = 2, what: str = "point cloud") -> np
         raise KDMError(f"cannot read {path} as .npy: {str(e).splitlines()[0] or 'truncated'}"
                        ) from None
     if not isinstance(arr, np.ndarray):
-        raise KDMError(f"{path} is an .npz archive; give a single .npy array of shape (N, {dim})")
-    if arr.ndim != 2 or arr.shape[1] != dim:
-        raise KDMError(f"{what} {path} must have shape (N, {dim}), got {arr.shape}")
+        raise KDMError(f"{path} is an .npz archive; give a single .npy array of shape {want}")
+    if arr.shape[1:] != (shape or ()) or arr.ndim < 1:
+        raise KDMError(f"{what} {path} must have shape {want}, got {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise KDMError(f"{what} {path} must hold numbers, got dtype {arr.dtype}")
     if arr.shape[0] == 0:
         raise KDMError(f"{what} {path} is empty")
+    if shape is None:
+        if not np.issubdtype(arr.dtype, np.integer) or (arr < 0).any():
+            raise KDMError(f"{what} {path} must hold non-negative integer class ids, got "
+                           f"{arr.dtype} values from {arr.min()} to {arr.max()}")
+        return np.array(arr, dtype=np.int64)
     out = np.array(arr, dtype=np.float32)  # a writable in-memory copy of the memory map
-    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    bad = np.flatnonzero(~np.isfinite(out.reshape(len(out), -1)).all(axis=1))
     if bad.size:
         first = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
         raise KDMError(f"{what} {path} has {bad.size} rows with NaN/inf (rows {first}); "
                        "remove or fix them")
     return out
+
+
+def load_points(path: str | Path, dim: int = 2, what: str = "point cloud") -> np.ndarray:
+    """Load a ``.npy`` array of shape (N, dim) as float32 (see :func:`load_array`)."""
+    return load_array(path, (dim,), what)

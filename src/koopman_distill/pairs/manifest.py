@@ -1,7 +1,9 @@
 """Pair-store manifest: layout constants, construction and validation.
 
 A pair store is a directory with ``manifest.json`` and one plain ``.npy`` file per array per
-shard (``noise-00000.npy``, ``clean-00000.npy``, optional ``label-00000.npy``). The pair
+shard (``noise-00000.npy``, ``clean-00000.npy``, optional ``label-00000.npy``). A store may
+keep, instead of the noise itself, one int64 seed per pair (``noise_seed-00000.npy``) from
+which the reader regenerates x_T bitwise (see :func:`.store.seeded_noise`). The pair
 convention is fixed: ``noise`` is the teacher's initial noise x_T (std ``sigma_max``) and
 ``clean`` is the sample x_0 its ODE sampler produced from it; the manifest's ``order`` key
 spells this out and every reader asserts it.
@@ -22,7 +24,7 @@ FORMAT = "kdm-pairs"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PAIR_ORDER = ["noise", "clean"]  # noise = x_T, clean = x_0
-ARRAY_NAMES = ("noise", "clean", "label")  # the order arrays are written and listed in
+ARRAY_NAMES = ("noise", "clean", "label", "noise_seed")  # the order arrays are written in
 REQUIRED_KEYS = ("format", "version", "complete", "count", "shard_size", "shape", "dtypes",
                  "order", "sigma_max", "seed", "teacher", "sampler", "nfe", "source", "config",
                  "shards")
@@ -99,10 +101,12 @@ def check_manifest(m: Any, path: Path) -> None:
             and all(isinstance(s, int) and s > 0 for s in shape)):
         raise bad(f"shape {shape!r}")
     dtypes = m["dtypes"]
-    if (not isinstance(dtypes, dict) or set(PAIR_ORDER) - set(dtypes)
+    if (not isinstance(dtypes, dict) or "clean" not in dtypes
+            or ("noise" in dtypes) == ("noise_seed" in dtypes)
             or set(dtypes) - set(ARRAY_NAMES)
-            or any(_dtype_kind(dtypes[k]) != "f" for k in PAIR_ORDER)
-            or dtypes.get("label", "int64") != "int64"):
+            or any(_dtype_kind(dtypes[k]) != "f" for k in PAIR_ORDER if k in dtypes)
+            or dtypes.get("label", "int64") != "int64"
+            or dtypes.get("noise_seed", "int64") != "int64"):
         raise bad(f"dtypes {dtypes!r}")
     shards, total = m["shards"], num_shards(count, size)
     if not (isinstance(shards, list) and all(isinstance(s, dict) for s in shards)):

@@ -3,6 +3,9 @@
 Layout of a store directory (see :mod:`.manifest`): ``manifest.json`` plus, per shard ``i``,
 ``noise-{i:05d}.npy`` (x_T, float32, ``(n_i, *shape)``), ``clean-{i:05d}.npy`` (x_0, float32,
 ``(n_i, *shape)``) and optionally ``label-{i:05d}.npy`` (int64 class ids, ``(n_i,)``).
+Clean images may be stored as float16 (half the bytes), and the noise may be replaced by
+``noise_seed-{i:05d}.npy`` (one int64 per pair, 8 bytes instead of ``4 * prod(shape)``),
+from which the reader regenerates x_T bitwise with :func:`seeded_noise`.
 
 Writing is crash-safe: each file is written to a temporary file and renamed into place, and
 the manifest (rewritten atomically after every shard) lists only shards whose files are all
@@ -41,21 +44,39 @@ from .manifest import (
     shard_len,
 )
 
-__all__ = ["FORMAT_VERSION", "PairStore", "shard_seed", "write_arrays", "write_pairs"]
+__all__ = ["FORMAT_VERSION", "PairStore", "draw_seeded_noise", "seeded_noise", "shard_seed",
+           "write_arrays", "write_pairs"]
 
 _SEED_STRIDE = 1_000_003
-_DATA_RE = re.compile(r"(noise|clean|label)-\d{5,}\.npy")
+_DATA_RE = re.compile(r"(noise|clean|label|noise_seed)-\d{5,}\.npy")
 # temporary files of io.atomic_write: ".{name}.{random}.tmp"
-_TEMP_RE = re.compile(r"\.(manifest\.json|(noise|clean|label)-\d{5,}\.npy)\..+\.tmp")
+_TEMP_RE = re.compile(r"\.(manifest\.json|(noise|clean|label|noise_seed)-\d{5,}\.npy)\..+\.tmp")
+CLEAN_DTYPES = ("float32", "float16")
 
 # generate(noise_generator, count) -> {"noise": (count, *shape), "clean": (count, *shape),
-#                                      optional "label": (count,) integer}
+#     optional "label": (count,) integer, "noise_seed": (count,) int64 (stores without noise)}
 Generate = Callable[[torch.Generator, int], Mapping[str, Any]]
 
 
 def shard_seed(seed: int, index: int) -> int:
     """Seed of shard ``index``'s noise generator: ``(seed * 1_000_003 + index) mod 2**63``."""
     return (seed * _SEED_STRIDE + index) % 2**63
+
+
+def seeded_noise(seeds: Any, shape: tuple[int, ...], sigma_max: float) -> np.ndarray:
+    """x_T for per-pair seeds (n,): ``sigma_max * randn(shape)`` from a CPU generator seeded
+    with each seed; float32 ``(n, *shape)``, bitwise reproducible."""
+    out = torch.empty(len(seeds), *shape)
+    for i, s in enumerate(np.asarray(seeds).tolist()):
+        torch.randn(shape, generator=torch.Generator().manual_seed(s), out=out[i])
+    return (out * sigma_max).numpy()
+
+
+def draw_seeded_noise(g: torch.Generator, count: int, shape: tuple[int, ...],
+                      sigma_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair seeds (count,) int64 drawn from ``g`` and their noise (count, *shape)."""
+    seeds = torch.randint(0, 2**62, (count,), generator=g)
+    return seeds, torch.from_numpy(seeded_noise(seeds.numpy(), shape, sigma_max))
 
 
 class PairStore:
@@ -80,6 +101,7 @@ class PairStore:
         self.shape: tuple[int, ...] = tuple(self.manifest["shape"])
         self.sigma_max: float = float(self.manifest["sigma_max"])
         self.has_labels: bool = "label" in self.manifest["dtypes"]
+        self.seeded: bool = "noise_seed" in self.manifest["dtypes"]  # x_T regenerated
         self._names = [n for n in ARRAY_NAMES if n in self.manifest["dtypes"]]
         self._maps: dict[int, dict[str, np.ndarray]] = {}  # shard index -> open memmaps
 
@@ -101,11 +123,18 @@ class PairStore:
         return len(self.manifest["shards"])
 
     def _example_shape(self, name: str) -> tuple[int, ...]:
-        return () if name == "label" else self.shape
+        return () if name in ("label", "noise_seed") else self.shape
+
+    def _with_noise(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``arrays`` with ``noise`` regenerated from ``noise_seed`` in seeded stores."""
+        if not self.seeded:
+            return arrays
+        out = {"noise": seeded_noise(arrays["noise_seed"], self.shape, self.sigma_max)}
+        return {**out, **arrays}
 
     def shard_arrays(self, i: int) -> dict[str, np.ndarray]:
-        """Read-only memory maps of shard ``i``: ``noise``/``clean`` ``(n_i, *shape)``, ``label``
-        ``(n_i,)``; shape and dtype are checked against the manifest."""
+        """Read-only memory maps of shard ``i`` as stored: ``noise``/``clean`` ``(n_i, *shape)``,
+        ``label``/``noise_seed`` ``(n_i,)``; shape and dtype are checked against the manifest."""
         if not 0 <= i < self.num_shards:
             raise IndexError(f"shard index {i} out of range [0, {self.num_shards})")
         if i in self._maps:
@@ -134,10 +163,12 @@ class PairStore:
 
     def load(self, indices: Any = None) -> dict[str, np.ndarray]:
         """All examples (or those at global ``indices``, in that order) as in-memory arrays:
-        ``noise``/``clean`` ``(M, *shape)``, ``label`` ``(M,)``."""
+        ``noise``/``clean`` ``(M, *shape)`` (noise regenerated in seeded stores), ``label``
+        ``(M,)``."""
         if indices is None:
             shards = [self.shard_arrays(i) for i in range(self.num_shards)]
-            return {n: np.concatenate([s[n] for s in shards]) for n in self._names}
+            return self._with_noise({n: np.concatenate([s[n] for s in shards])
+                                     for n in self._names})
         return self._gather(np.asarray(indices, dtype=np.int64).reshape(-1))
 
     def _gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -153,16 +184,18 @@ class PairStore:
                 arrays = self.shard_arrays(int(shard[pos[0]]))
                 for name, dst in out.items():
                     dst[pos] = arrays[name][row[pos]]
-        return out
+        return self._with_noise(out)
 
     def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, rank: int = 0,
-                world_size: int = 1, drop_last: bool = True) -> Iterator[dict[str, np.ndarray]]:
+                world_size: int = 1, drop_last: bool = True, start: int = 0
+                ) -> Iterator[dict[str, np.ndarray]]:
         """One epoch of batches ``{name: (B, *shape)}`` for process ``rank`` of ``world_size``.
 
         The epoch's order is ``np.random.default_rng((seed, epoch)).permutation(N)``, of which
         this rank takes ``[rank::world_size]``. With ``drop_last`` every rank yields the same
         number, ``(N // world_size) // batch_size``, of full batches (keeps DDP ranks in step);
-        without it a rank also yields its short last batch.
+        without it a rank also yields its short last batch. ``start`` skips that many batches
+        (to resume mid-epoch).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -171,7 +204,8 @@ class PairStore:
         mine = np.random.default_rng((seed, epoch)).permutation(len(self))[rank::world_size]
         if drop_last:
             mine = mine[:(len(self) // world_size) // batch_size * batch_size]
-        return (self._gather(mine[s:s + batch_size]) for s in range(0, len(mine), batch_size))
+        return (self._gather(mine[s:s + batch_size])
+                for s in range(start * batch_size, len(mine), batch_size))
 
     def verify(self) -> list[str]:
         """Recompute every shard file's sha256; one line per problem (empty list: all intact)."""
@@ -193,7 +227,7 @@ class PairStore:
         total, first = 0, None
         for i in range(self.num_shards):
             arrays = self.shard_arrays(i)
-            for name in PAIR_ORDER:
+            for name in (n for n in PAIR_ORDER if n in arrays):  # seeded noise is finite
                 count, rows = _nonfinite(arrays[name])
                 total += count
                 if count and first is None:
@@ -245,34 +279,55 @@ def _save_npy(path: Path, arr: np.ndarray) -> str:
     return digest
 
 
-def _as_shard(out: Any, count: int, shape: tuple[int, ...], where: str) -> dict[str, np.ndarray]:
-    """Check one shard's arrays and convert them: noise/clean -> float32 ``(count, *shape)``,
-    label -> int64 ``(count,)``. Rejects NaN/inf, naming how many and where."""
+def _as_shard(out: Any, count: int, shape: tuple[int, ...], where: str,
+              clean_dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Check one shard's arrays and convert them: noise -> float32, clean -> ``clean_dtype``
+    ``(count, *shape)``, label/noise_seed -> int64 ``(count,)``. Rejects NaN/inf, naming how
+    many and where."""
     if (not isinstance(out, Mapping) or set(PAIR_ORDER) - set(out)
             or set(out) - set(ARRAY_NAMES)):
         keys = sorted(out) if isinstance(out, Mapping) else type(out).__name__
-        raise KDMError(f"{where} must be a dict with 'noise', 'clean' and optionally 'label', "
-                       f"got {keys}")
+        raise KDMError(f"{where} must be a dict with 'noise', 'clean' and optionally 'label' "
+                       f"and 'noise_seed', got {keys}")
     arrays, bad = {}, {}
     for name in (n for n in ARRAY_NAMES if n in out):
         a = out[name]
         a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-        want = (count,) if name == "label" else (count, *shape)
+        want = (count,) if name in ("label", "noise_seed") else (count, *shape)
         if a.shape != want:
             raise KDMError(f"{where}: {name} has shape {a.shape}, expected {want}")
-        if name == "label":
+        if name in ("label", "noise_seed"):
             if a.dtype.kind not in "iu":
-                raise KDMError(f"{where}: label must hold integer class ids, got {a.dtype}")
+                raise KDMError(f"{where}: {name} must hold integers, got {a.dtype}")
             arrays[name] = np.ascontiguousarray(a, dtype=np.int64)
         else:
             if a.dtype.kind != "f":
                 raise KDMError(f"{where}: {name} must be floating point, got {a.dtype}")
-            arrays[name] = np.ascontiguousarray(a, dtype=np.float32)
+            dtype = clean_dtype if name == "clean" else "float32"
+            arrays[name] = np.ascontiguousarray(a, dtype=dtype)
             bad[name] = int(np.count_nonzero(~np.isfinite(arrays[name])))
     if sum(bad.values()):
         raise KDMError(f"{where} has {sum(bad.values())} non-finite values (NaN/inf) "
                        f"(noise: {bad['noise']}, clean: {bad['clean']}); nothing was written "
                        "for it; check the teacher and sampler settings or the input data")
+    return arrays
+
+
+def _keep_noise_or_seeds(arrays: dict[str, np.ndarray], store_noise: bool, sigma_max: float,
+                         where: str) -> dict[str, np.ndarray]:
+    """Drop ``noise_seed`` (noise stored) or ``noise`` (seeds stored, after checking that they
+    regenerate the noise bitwise)."""
+    if store_noise:
+        arrays.pop("noise_seed", None)
+        return arrays
+    if "noise_seed" not in arrays:
+        raise KDMError(f"{where} has no 'noise_seed'; a store without noise needs per-pair "
+                       "seeds (draw the noise with draw_seeded_noise)")
+    shape = arrays["noise"].shape[1:]
+    if not np.array_equal(seeded_noise(arrays["noise_seed"], shape, sigma_max), arrays["noise"]):
+        raise KDMError(f"{where}: noise_seed does not regenerate the noise; draw the noise "
+                       "with draw_seeded_noise")
+    del arrays["noise"]
     return arrays
 
 
@@ -288,10 +343,10 @@ class _StoreWriter:
         m = self.manifest
         if not m["shards"]:  # the first shard fixes which arrays a store holds
             m["dtypes"] = {n: a.dtype.name for n, a in arrays.items()}
-        elif set(arrays) != set(m["dtypes"]):
+        elif {n: a.dtype.name for n, a in arrays.items()} != m["dtypes"]:
             raise KDMError(f"shard {index} has arrays {sorted(arrays)} but earlier shards have "
-                           f"{sorted(m['dtypes'])}; every shard must hold the same arrays")
-        entry = {"index": index, "count": len(arrays["noise"]), "files": {}, "sha256": {}}
+                           f"{m['dtypes']}; every shard must hold the same arrays and dtypes")
+        entry = {"index": index, "count": len(arrays["clean"]), "files": {}, "sha256": {}}
         for name, arr in arrays.items():
             entry["files"][name] = shard_file(name, index)
             entry["sha256"][name] = _save_npy(self.out / entry["files"][name], arr)
@@ -361,7 +416,8 @@ def _check_sigma(sigma_max: Any) -> float:
 def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_size: int,
                 seed: int, *, sigma_max: float, shape: tuple[int, ...] | list[int],
                 teacher: dict, sampler: dict, nfe: int, config: dict | None = None,
-                source: Any = None, progress: bool = True) -> PairStore:
+                source: Any = None, progress: bool = True, clean_dtype: str = "float32",
+                store_noise: bool = True) -> PairStore:
     """Generate ``n`` teacher pairs into the store ``out_dir`` (resumable, deterministic).
 
     Shard ``i`` (``count_i = min(shard_size, n - i * shard_size)`` examples) is
@@ -370,6 +426,9 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
     from the given CPU generator and scaled by ``sigma_max``, clean = the teacher's x_0), plus
     optionally ``"label": (count_i,)`` integer class ids. Draw the noise on the CPU generator
     and move it to the device afterwards, so that shards do not depend on the device.
+    ``clean_dtype`` float16 halves the clean arrays; ``store_noise=False`` keeps per-pair
+    seeds instead of the noise: ``generate`` must then also return ``"noise_seed"`` and draw
+    the noise with :func:`draw_seeded_noise`.
 
     Rerunning with the same arguments after an interruption generates only the shards the
     manifest does not list and yields a store bitwise identical to an uninterrupted run; a
@@ -377,6 +436,9 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
     differs in n, shard_size, seed, shape, sigma_max, teacher, sampler or nfe is refused.
     """
     n, shard_size = _positive_int(n, "n"), _positive_int(shard_size, "shard_size")
+    if clean_dtype not in CLEAN_DTYPES:
+        raise KDMError(f"clean_dtype must be one of {', '.join(CLEAN_DTYPES)}, got "
+                       f"{clean_dtype!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise KDMError(f"seed must be an integer, got {seed!r}")
     shape = tuple(_positive_int(s, "every shape entry") for s in shape)
@@ -396,7 +458,9 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
                   unit="shard", disable=not progress):
         count = shard_len(n, shard_size, i)
         result = generate(torch.Generator().manual_seed(shard_seed(int(seed), i)), count)
-        writer.write(i, _as_shard(result, count, shape, f"teacher output for shard {i}"))
+        where = f"teacher output for shard {i}"
+        arrays = _as_shard(result, count, shape, where, clean_dtype)
+        writer.write(i, _keep_noise_or_seeds(arrays, store_noise, sigma_max, where))
     return writer.finish()
 
 

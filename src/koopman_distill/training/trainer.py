@@ -2,7 +2,10 @@
 evaluation, ``log.jsonl`` and exact resume.
 
 The model only has to provide ``loss(batch) -> (scalar tensor, {name: float})``; the batch
-source provides ``next()``, ``state_dict()`` and ``load_state_dict()``.
+source provides ``next()``, ``state_dict()`` and ``load_state_dict()``. A model with an
+adversary has a ``critic`` submodule and ``critic_loss(batch)``, called right after
+``loss(batch)``; the critic gets its own Adam and is stepped after the generator's backward
+pass, so the generator's gradient uses the critic as it was before this step.
 """
 
 from __future__ import annotations
@@ -58,14 +61,20 @@ class Trainer:
         lr_at(cfg, 0)  # validates the schedule name before any work
         self.model, self.data, self.cfg = model.to(device), data, cfg
         self.run_dir, self.evaluate, self.device = Path(run_dir), evaluate, torch.device(device)
-        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.critic = getattr(model, "critic", None)
+        self.params = [p for n, p in model.named_parameters() if not n.startswith("critic.")]
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=betas)
+        self.critic_opt = (torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=betas)
+                           if self.critic is not None else None)
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
         self.step, self.elapsed, self.nonfinite_total = 0, 0.0, 0
         self.log_path = self.run_dir / "log.jsonl"
 
     # -- state -------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        return {"step": self.step, "optimizer": self.opt.state_dict(),
+        extra = {"critic_optimizer": self.critic_opt.state_dict()} if self.critic_opt else {}
+        return {**extra, "step": self.step, "optimizer": self.opt.state_dict(),
                 "ema_updates": self.ema.updates, "data": self.data.state_dict(),
                 "rng_torch": torch.get_rng_state(), "elapsed": self.elapsed,
                 "nonfinite_total": self.nonfinite_total}
@@ -84,6 +93,8 @@ class Trainer:
         load_into(self.ema.model, load_weights(ckpt / "ema.safetensors"), ckpt)
         state = load_state(ckpt)
         self.opt.load_state_dict(state["optimizer"])
+        if self.critic_opt is not None:
+            self.critic_opt.load_state_dict(state["critic_optimizer"])
         self.ema.updates = int(state["ema_updates"])
         self.data.load_state_dict(state["data"])
         torch.set_rng_state(state["rng_torch"])
@@ -114,14 +125,15 @@ class Trainer:
         while self.step < cfg.steps:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self.data).items()}
             lr = lr_at(cfg, self.step)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
+            for opt in (self.opt, self.critic_opt):
+                for group in opt.param_groups if opt else ():
+                    group["lr"] = lr
             loss, logs = self.model.loss(batch)
             self.opt.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(loss))
             if finite:
                 loss.backward()
-                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                grads = [p.grad for p in self.params if p.grad is not None]
                 norm = nn.utils.get_total_norm(grads)  # one reduction; inf/NaN if any is
                 finite = bool(torch.isfinite(norm))
             if not finite:
@@ -138,6 +150,8 @@ class Trainer:
                 consecutive = 0
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grads_with_norm_(grads, cfg.grad_clip, norm)
+                if self.critic_opt is not None:
+                    logs = {**logs, **self._critic_step(batch)}
                 self.opt.step()
                 self.ema.update(self.model)
                 for k, v in {"loss": loss.item(), **logs}.items():
@@ -163,6 +177,16 @@ class Trainer:
                 self.save()
         bar.close()
         return last_eval
+
+    def _critic_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One critic update (skipped when its loss is not finite)."""
+        self.critic_opt.zero_grad(set_to_none=True)  # drop what the generator loss left
+        loss, logs = self.model.critic_loss(batch)
+        if torch.isfinite(loss):
+            loss.backward()
+            self.critic_opt.step()
+        self.critic_opt.zero_grad(set_to_none=True)
+        return logs
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:

