@@ -155,6 +155,7 @@ class EvalConfig:
     extractor_weights: str = ""  # inception: local FID Inception weights file
     effnet_resolution: int = 224  # effnet input side (images are resized to it)
     kid_subset: int = 1000
+    classifier_steps: int = 1500  # training steps of the cached evaluation classifier
     batch_size: int = 500  # sampling batch for image evaluation
 
 
@@ -322,7 +323,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "latent_channels": 1, "w_adv": 0.01},
         "train": {"steps": 6, "batch_size": 16, "eval_every": 3, "ckpt_every": 3,
                   "log_every": 2, "progress": False},
-        "eval": {"n": 64, "extractor": "classifier", "batch_size": 64, "kid_subset": 32},
+        "eval": {"n": 64, "extractor": "classifier", "batch_size": 64, "kid_subset": 32,
+                 "classifier_steps": 60},
     },
     "cifar10": _paper("cifar10-train.npz", 32, 1_000_000),
     "cifar10-cond": _paper("cifar10-train.npz", 32, 1_000_000, conditional=True),

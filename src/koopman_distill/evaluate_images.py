@@ -49,7 +49,7 @@ def classifier_for(cfg: Config, progress: bool = True) -> Any:
         raise KDMError(f"the classifier extractor needs a labelled dataset; {cfg.data.source} "
                        "has no labels: use eval.extractor=effnet or inception")
     return load_or_train_classifier(cache_dir(), data.images, data.labels, data.num_classes,
-                                    progress=progress)
+                                    progress=progress, steps=cfg.eval.classifier_steps)
 
 
 def reference_images(cfg: Config, n: int) -> tuple[np.ndarray, str]:
@@ -100,6 +100,7 @@ def evaluate_image_run(run: str | Path, ecfg: EvalConfig | None = None,
     extractor = clf if ecfg.extractor == "classifier" else build_extractor(
         ecfg.extractor, ecfg.extractor_weights or None,
         **({"resolution": ecfg.effnet_resolution} if ecfg.extractor == "effnet" else {}))
+    extractor = extractor.to(gen.device)
     reference, ref_name = reference_images(cfg, ecfg.n)
     ref_feats = extract_features(extractor, reference, batch_size=ecfg.batch_size)
     result: dict[str, Any] = {"run": str(run.resolve()), "settings": {
