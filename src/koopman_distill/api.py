@@ -189,9 +189,8 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
 # -- KDM ------------------------------------------------------------------------------------
 def _pair_tensors(store: PairStore) -> dict[str, torch.Tensor]:
     store.check_finite()
-    arrays = store.load()
-    return {k: torch.from_numpy(np.ascontiguousarray(arrays[k], dtype=np.float32))
-            for k in ("noise", "clean")}
+    tensors = image_api.to_tensors(store.load())
+    return {k: tensors[k] for k in ("noise", "clean")}
 
 
 def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:

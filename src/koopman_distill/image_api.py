@@ -102,8 +102,9 @@ def store_classes(store: PairStore, cfg: Config) -> int:
                        "make the pairs with a conditional teacher or set "
                        "data.conditional=false")
     teacher = store.manifest.get("teacher") or {}
-    return int(teacher.get("num_classes") or int(store.load(np.arange(len(store)))["label"]
-                                                  .max()) + 1)
+    if teacher.get("num_classes"):
+        return int(teacher["num_classes"])
+    return 1 + max(int(store.shard_arrays(i)["label"].max()) for i in range(store.num_shards))
 
 
 def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
