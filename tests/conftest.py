@@ -27,7 +27,11 @@ def kdm_proc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """teacher -> pairs -> KDM with the checkerboard-tiny preset."""
-    root = tmp_path_factory.mktemp("tiny")
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def make_tiny(root: Path) -> dict[str, Path]:
+    """Build teacher -> pairs -> KDM with the checkerboard-tiny preset under ``root``."""
     paths = {"teacher": root / "teacher", "pairs": root / "pairs", "kdm": root / "kdm"}
     assert kdm("teacher", "train", "--preset", "checkerboard-tiny", "--out",
                paths["teacher"]) == 0
@@ -39,3 +43,34 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def contents(root: Path) -> dict[str, object]:
+    """Every file under ``root`` by relative path, comparable with ``==``: bytes;
+    ``log.jsonl`` rows without wall times; ``state.pt`` as loaded, without elapsed time."""
+    out: dict[str, object] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_dir():
+            continue
+        rel = str(p.relative_to(root))
+        if p.name == "log.jsonl":
+            rows = [json.loads(line) for line in p.read_text().splitlines()]
+            out[rel] = [{k: v for k, v in r.items() if k != "time"} for r in rows]
+        elif p.name == "state.pt":
+            state = torch.load(p, weights_only=True)
+            state.pop("elapsed")
+            out[rel] = _plain(state)
+        else:
+            out[rel] = p.read_bytes()
+    return out
+
+
+def _plain(x: object) -> object:
+    """Nested state with tensors as (dtype, shape, bytes)."""
+    if isinstance(x, torch.Tensor):
+        return (str(x.dtype), tuple(x.shape), x.numpy().tobytes())
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x

@@ -45,7 +45,7 @@ def test_bad_overrides(item, msg):
 def test_bad_config_dicts():
     d = preset("checkerboard").to_dict()
     d["train"]["bogus"] = 1
-    with pytest.raises(KDMError, match=r"unknown key\(s\) in config.train: bogus"):
+    with pytest.raises(KDMError, match=r"unknown key\(s\) in config.train: 'bogus'"):
         Config.from_dict(d)
     d = preset("checkerboard").to_dict()
     d["train"]["steps"] = "many"

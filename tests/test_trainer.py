@@ -117,7 +117,9 @@ def test_nonfinite_steps_stop_the_run(tmp_path):
     with pytest.raises(KDMError, match="5 consecutive non-finite losses or gradients at step 4"):
         t.fit()
     assert t.model.w.item() == 1.0  # never stepped on a NaN
-    assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["nonfinite"] == 4
+    rows = [json.loads(r) for r in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert rows[-2]["nonfinite"] == 4  # the row of step 4, then the stop
+    assert rows[-1] == {"step": 4, "nonfinite": 5, "stopped": "non-finite"}
 
 
 def test_batches_resume_and_cover():

@@ -8,7 +8,9 @@ Run directories have a fixed shape: ``config.json`` (the resolved :class:`Config
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +22,57 @@ from .config import Config, load_config
 from .data.arrays import load_points
 from .data.checkerboard import inside_fraction, sample_checkerboard
 from .errors import KDMError
-from .io import read_json, sha256_file, write_json
+from .io import read_json, remove_temp_files, sha256_file, write_json
 from .models import KDM
+from .models.baselines import build_baseline, sampling_path_params
+from .models.kdm_image import ImageKDM
 from .pairs import PairStore, write_pairs
 from .teachers import FlowMatchingTeacher, nfe
 from .training import TensorBatches, Trainer
 from .training.checkpoint import latest_checkpoint, load_into, load_weights
+from .training.data import rank_batch_size
+from .training.distributed import init as init_distributed
+from .training.distributed import on_main, rank, world_size
 from .training.trainer import seed_everything
 
 RUN_FORMAT = 1
+_START_TEMP = re.compile(r"\.(config|run)\.json\..+\.tmp")
 
 
 # -- runs -----------------------------------------------------------------------------------
-def _start_run(out: str | Path, cfg: Config, meta: dict[str, Any]) -> Path:
-    """Create a run directory with its config; refuse to overwrite another run."""
+def _check_new_run(out: str | Path, cfg: Config) -> None:
+    """Refuse to overwrite another run. A directory holding only what the same command, killed
+    before ``run.json``, left is fine: it is started over."""
     out = Path(out)
     if (out / "run.json").exists():
         raise KDMError(f"{out} already holds a run; use --resume to continue it or pick "
                        "another --out")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(not _start_debris(p, cfg) for p in out.iterdir()):
         raise KDMError(f"{out} exists and is not empty; pick another --out")
+
+
+def _start_run(out: str | Path, cfg: Config, meta: dict[str, Any]) -> Path:
+    """Create a run directory with its config (called once the run is set up, so that bad
+    settings leave no directory behind)."""
+    out = Path(out)
+    _check_new_run(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "run.json"):
+        remove_temp_files(out, name)
     write_json(out / "config.json", cfg.to_dict())
     write_json(out / "run.json", {"format": RUN_FORMAT, **meta})
     return out
+
+
+def _start_debris(path: Path, cfg: Config) -> bool:
+    """Whether ``path`` is a temp file of a killed start or the config.json it wrote for
+    ``cfg``."""
+    if _START_TEMP.fullmatch(path.name):
+        return True
+    try:
+        return path.name == "config.json" and read_json(path) == cfg.to_dict()
+    except KDMError:
+        return False
 
 
 def read_run(run: str | Path) -> tuple[Config, dict[str, Any]]:
@@ -111,20 +140,24 @@ def build_teacher(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
 
 def train_teacher(cfg: Config, out: str | Path) -> Path:
     """Train a teacher (flow-matching MLP for points, EDM UNet for images) into ``out``."""
+    init_distributed()
     tensors, meta = _teacher_tensors(cfg)
-    out = _start_run(out, cfg, meta)
-    return _fit_teacher(cfg, meta, out, tensors, resume=False)
+    on_main(lambda: _check_new_run(out, cfg))
+    return _fit_teacher(cfg, meta, Path(out), tensors, resume=False)
 
 
 def _fit_teacher(cfg: Config, meta: dict[str, Any], out: Path,
                  tensors: dict[str, torch.Tensor], resume: bool) -> Path:
     seed_everything(cfg.teacher_train.seed)
     model = build_teacher(cfg, meta)
-    data = TensorBatches(tensors, cfg.teacher_train.batch_size, cfg.teacher_train.seed)
+    data = TensorBatches(tensors, rank_batch_size(cfg.teacher_train.batch_size),
+                         cfg.teacher_train.seed, rank(), world_size())
     trainer = Trainer(model, data, cfg.teacher_train, out,
                       device=resolve_device(cfg.teacher_train.device))
     if resume:
         trainer.resume()
+    else:
+        on_main(lambda: _start_run(out, cfg, meta))  # rank 0 writes
     trainer.fit()
     return out
 
@@ -156,6 +189,7 @@ def teacher_identity(run: str | Path) -> dict[str, Any]:
 def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = None,
                progress: bool = True) -> PairStore:
     """Run the teacher's ODE sampler on seeded noise and write a pair store (resumable)."""
+    init_distributed()
     teacher, tcfg = load_teacher(teacher_run)
     _, tmeta = read_run(teacher_run)
     cfg = cfg or tcfg  # the teacher's config with the caller's pairs/sampler settings
@@ -196,7 +230,9 @@ def _pair_tensors(store: PairStore) -> dict[str, torch.Tensor]:
 def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:
     """Distill the pair store ``pairs`` into a one-step KDM in a new run directory ``out``:
     MLP networks for vectors (N, D), UNets for images (N, C, R, R)."""
+    init_distributed()
     store = PairStore(pairs)
+    store.check_intact()
     if len(store.shape) not in (1, 3):
         raise KDMError(f"pair store {pairs} holds examples of shape {store.shape}; KDM needs "
                        "vectors (D,) or images (C, R, R)")
@@ -208,18 +244,29 @@ def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:
     if len(store.shape) == 3:
         meta.update(shape=list(store.shape), num_classes=image_api.store_classes(store, cfg))
         store.check_finite()  # validated before anything is written
-        out = _start_run(out, cfg, meta)
-        return _fit_kdm(cfg, meta, out, store, resume=False)
+        on_main(lambda: _check_new_run(out, cfg))
+        return _fit_kdm(cfg, meta, Path(out), store, resume=False)
     meta["dim"] = int(store.shape[0])
     tensors = _pair_tensors(store)
-    out = _start_run(out, cfg, meta)
-    return _fit_kdm(cfg, meta, out, tensors, resume=False)
+    on_main(lambda: _check_new_run(out, cfg))
+    return _fit_kdm(cfg, meta, Path(out), tensors, resume=False)
 
 
 def build_kdm(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
-    if _is_image(meta):
-        return image_api.build_kdm(cfg, meta)
-    return KDM(meta["dim"], cfg.model, meta["sigma_max"])
+    """The student of ``cfg.model.method``: KDM, or a baseline sized to KDM's sampling path."""
+    def kdm(model_cfg: Any) -> torch.nn.Module:
+        if _is_image(meta):
+            return ImageKDM(tuple(meta["shape"]), model_cfg, meta["sigma_max"],
+                            meta["num_classes"])
+        return KDM(meta["dim"], model_cfg, meta["sigma_max"])
+
+    if cfg.model.method == "kdm":
+        return kdm(cfg.model)
+    with torch.device("meta"):  # only counted; distance and critic do not change the path
+        target = sampling_path_params(kdm(replace(cfg.model, distance="l2", w_adv=0.0)))
+    shape = tuple(meta["shape"]) if _is_image(meta) else (meta["dim"],)
+    return build_baseline(cfg.model.method, shape, cfg.model, meta["sigma_max"],
+                          int(meta.get("num_classes", 0)), target)
 
 
 def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
@@ -228,10 +275,12 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
     model = build_kdm(cfg, meta)
     device = resolve_device(cfg.train.device)
     if isinstance(pairs, PairStore):  # images: streamed from the store
-        data = image_api.StoreBatches(pairs, cfg.train.batch_size, cfg.train.seed)
+        data = image_api.StoreBatches(pairs, rank_batch_size(cfg.train.batch_size),
+                                      cfg.train.seed, rank(), world_size())
         probe = image_api.to_tensors(pairs.load(np.arange(min(256, len(pairs)))))
     else:
-        data = TensorBatches(pairs, cfg.train.batch_size, cfg.train.seed)
+        data = TensorBatches(pairs, rank_batch_size(cfg.train.batch_size), cfg.train.seed,
+                             rank(), world_size())
         probe = {k: v[:2048] for k, v in pairs.items()}
     probe = {k: v.to(device) for k, v in probe.items()}
     g = torch.Generator().manual_seed(cfg.eval.seed)
@@ -252,18 +301,22 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
     trainer = Trainer(model, data, cfg.train, out, evaluate=evaluate, device=device)
     if resume:
         trainer.resume()
+    else:
+        on_main(lambda: _start_run(out, cfg, meta))  # rank 0 writes
     trainer.fit()
     return out
 
 
 def resume_run(run: str | Path) -> Path:
     """Continue an interrupted ``train`` or ``teacher train`` run from its latest checkpoint."""
+    init_distributed()
     run = Path(run)
     cfg, meta = read_run(run)
     if meta.get("kind") == "teacher":
         return _fit_teacher(cfg, meta, run, _teacher_tensors(cfg)[0], resume=True)
     if meta.get("kind") == "kdm":
         store = PairStore(meta["pairs"])
+        store.check_intact()
         pairs = store if _is_image(meta) else _pair_tensors(store)
         return _fit_kdm(cfg, meta, run, pairs, resume=True)
     raise KDMError(f"{run} has unknown run kind {meta.get('kind')!r}")

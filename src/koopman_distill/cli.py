@@ -1,12 +1,16 @@
 """The ``kdm`` command line: thin argument parsing over :mod:`koopman_distill.api`.
 
-Every user-facing failure prints one ``kdm: error: ...`` line and exits with code 2.
+Every user-facing failure prints one ``kdm: error: ...`` line and exits with code 2. Under
+``torchrun`` every process runs the command and only rank 0 prints to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -102,9 +106,7 @@ def cmd_pairs_import(args: argparse.Namespace) -> None:
 def cmd_pairs_verify(args: argparse.Namespace) -> None:
     from .pairs import PairStore
 
-    problems = PairStore(args.store).verify()
-    if problems:
-        raise KDMError(f"{len(problems)} problem(s): " + "; ".join(problems))
+    PairStore(args.store).check_intact()
     print(f"{args.store}: ok")
 
 
@@ -125,7 +127,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     if not args.out.endswith(".npy"):
         raise KDMError(f"--out {args.out} must end in .npy")
+    if not 0 <= args.seed < 2**63 - 1:
+        raise KDMError(f"--seed must lie in [0, 2**63 - 1), got {args.seed}")
     gen = load_run(args.run, ema=not args.raw, device=args.device)
+    if args.grid and len(gen.shape) != 3:
+        raise KDMError("--grid is for image runs")
     labels = None
     if args.labels:
         labels = load_array(args.labels, what="labels")
@@ -146,8 +152,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.grid:
         from .analysis.plots import image_grids
 
-        if len(gen.shape) != 3:
-            raise KDMError("--grid is for image runs")
         print(f"grid: {image_grids({'KDM (1 step)': samples[:100]}, args.grid)}")
 
 
@@ -208,12 +212,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"eval: {Path(args.out) / 'kdm' / 'eval' / 'eval.json'}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import bench_markdown, run_bench
+
+    result = run_bench(args.suite, args.out, quick=args.quick, overrides=args.set or [],
+                       teacher=args.teacher, pairs=args.pairs)
+    print("\n" + bench_markdown(result))
+    print(f"results: {Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.md'}, "
+          f"{result['plot']}")
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kdm", description="Koopman distillation: one-step generators from "
                 "diffusion and flow-matching teachers.", epilog=EPILOG)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                           metavar="{config,teacher,pairs,train,sample,eval,demo}")
+                           metavar="{config,teacher,pairs,train,sample,eval,demo,bench}")
 
     s = sub.add_parser("config", help="print the resolved config of a preset as JSON")
     _add_config_args(s)
@@ -295,7 +309,47 @@ def build_parser() -> argparse.ArgumentParser:
     for a in s._actions:
         if a.dest == "preset":
             a.default = "checkerboard-demo"
+
+    from .bench import SUITES
+
+    s = sub.add_parser("bench", help="KDM vs the kd and rectified baselines and the teacher "
+                       "at several NFE, trained on the same pairs and measured in one run",
+                       epilog=EPILOG)
+    s.add_argument("suite", choices=list(SUITES), help="checkerboard (2-D) or fashion16 "
+                   "(class-conditional Fashion-MNIST 16x16)")
+    s.add_argument("--out", required=True, help="output directory (stages in it are reused)")
+    s.add_argument("--quick", action="store_true", help="toy budgets (seconds), for a smoke "
+                   "test; the image suite then uses the 8x8 digits")
+    s.add_argument("--teacher", help="reuse this teacher run instead of training one")
+    s.add_argument("--pairs", help="reuse this pair store (its teacher must be on this machine)")
+    _add_config_args(s, with_preset=False)
+    s.set_defaults(fn=cmd_bench)
     return p
+
+
+def _run(args: argparse.Namespace) -> None:
+    """Run the command; under torchrun (WORLD_SIZE > 1) inside the process group, with the
+    stdout of ranks other than 0 dropped."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        args.fn(args)
+        return
+    from .training import distributed
+
+    distributed.init()
+    try:
+        with (contextlib.nullcontext() if distributed.is_main()
+              else contextlib.redirect_stdout(io.StringIO())):
+            args.fn(args)
+    finally:
+        distributed.shutdown()
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars an error interrupted, so that the error gets a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,9 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         argv = [f"pairs-{argv[1]}", *argv[2:]]
     try:
         args = build_parser().parse_args(argv)
-        args.fn(args)
-    except KDMError as e:
-        print(f"kdm: error: {e}", file=sys.stderr)
+        _run(args)
+    except KDMError as e:  # one line, even when the message quotes a multi-line input
+        _end_progress_bars()
+        print(f"kdm: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdm: interrupted; rerun the same command (or --resume RUN) to continue",

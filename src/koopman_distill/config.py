@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,15 +86,24 @@ class PairsConfig:
 
 @dataclass
 class ModelConfig:
-    """KDM: encoders E_T, E_0, decoder D and the Koopman operator K.
+    """The student: KDM (``method`` kdm) or an offline baseline on the same pairs.
+
+    KDM: encoders E_T, E_0, decoder D and the Koopman operator K.
 
     Points: three MLPs (``width``, ``depth``, ``latent_dim``). Images: three UNets (``unet``)
     with a ``latent_channels`` x R x R latent, optionally linearly projected to ``projection``
     dims; class labels (``data.conditional``) go into all three UNets and a learned control
     ``B y`` is added after ``K``; an optional adversarial term (``w_adv``) with a patch
     discriminator trained on the teacher's outputs as real.
+
+    Baselines (:mod:`.models.baselines`), sized to the parameter count of KDM's sampling path
+    E_T, K, (B,) D under the same settings: ``kd`` regresses x_0 from x_T directly (Luhman &
+    Luhman); ``rectified`` learns the velocity of the straight noise-to-teacher-sample path and
+    samples with ``sample_steps`` Euler steps.
     """
 
+    method: str = "kdm"  # kdm | kd | rectified
+    sample_steps: int = 1  # rectified only: Euler steps of one sample
     width: int = 256
     depth: int = 5  # linear layers per network
     latent_dim: int = 256
@@ -120,10 +130,18 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The generic trainer (shared by teacher and KDM)."""
+    """The generic trainer (shared by teacher and KDM).
+
+    ``batch_size`` is the global batch: under ``torchrun`` each of N processes takes
+    ``batch_size / N`` rows of it, in ``micro_batch``-row pieces whose gradients are accumulated,
+    so results do not depend on N. The speed options (``precision``, ``channels_last``,
+    ``compile``, ``prefetch``) are off by default; on a GPU try bf16, channels_last (images),
+    compile and prefetch 2.
+    """
 
     steps: int = 20_000
-    batch_size: int = 4096
+    batch_size: int = 4096  # global, over all processes
+    micro_batch: int = 0  # rows per process and forward pass (0 = its whole share)
     lr: float = 3e-4
     lr_schedule: str = "constant"  # constant | cosine
     warmup: int = 0
@@ -140,6 +158,10 @@ class TrainConfig:
     max_nonfinite: int = 20  # consecutive non-finite steps before the run stops
     progress: bool = True
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
+    channels_last: bool = False  # images: NHWC memory layout (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile each network (pays off on GPUs for long runs)
+    prefetch: int = 0  # batches loaded ahead in a background thread (0 = off)
 
 
 @dataclass
@@ -182,7 +204,14 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        return _from_dict(cls, d, "config")
+        cfg = _from_dict(cls, d, "config")
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise a KDMError naming the first value out of its range or choices (``_RANGES``,
+        ``_CHOICES``); every float must be finite."""
+        _check_ranges(self, "")
 
 
 def _from_dict(cls: type, d: Any, where: str) -> Any:
@@ -192,7 +221,7 @@ def _from_dict(cls: type, d: Any, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise KDMError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+        raise KDMError(f"unknown key(s) in {where}: {', '.join(map(repr, unknown))}")
     kwargs = {}
     for name, value in d.items():
         tp = hints[name]
@@ -205,13 +234,70 @@ def _from_dict(cls: type, d: Any, where: str) -> Any:
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise KDMError(f"{where} must be a finite number, got an integer of "
+                           f"{len(str(abs(value)))} digits") from None
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise KDMError(f"{where} must be {tp.__name__}, got {value!r}")
     if tp == list[int] and not (isinstance(value, list) and all(
             type(v) is int for v in value)):
         raise KDMError(f"{where} must be a list of integers, got {value!r}")
     return value
+
+
+_POS, _NONNEG, _UNIT, _FRAC = "> 0", ">= 0", "in [0, 1]", "in [0, 1)"
+_TRAIN_RANGES = {"steps": _POS, "batch_size": _POS, "lr": _POS, "warmup": _NONNEG,
+                 "beta1": _FRAC, "beta2": _FRAC, "grad_clip": _NONNEG, "ema_decay": _UNIT,
+                 "log_every": _POS, "eval_every": _NONNEG, "ckpt_every": _POS,
+                 "keep_checkpoints": _POS, "max_nonfinite": _POS}
+# Allowed ranges of numeric fields (list fields: of every entry), by config class.
+_RANGES: dict[type, dict[str, str]] = {
+    DataConfig: {"n": _NONNEG, "resolution": _NONNEG, "channels": _NONNEG},
+    UNetConfig: {"channels": _POS, "channel_mult": _POS, "num_blocks": _POS,
+                 "attn_resolutions": _POS, "dropout": _FRAC},
+    TeacherConfig: {"width": _POS, "depth": _POS, "time_features": _NONNEG,
+                    "x_features": _NONNEG, "x_fmax": _POS, "sigma_max": _POS, "steps": _POS,
+                    "sigma_min": _POS, "rho": _POS, "sigma_data": _POS, "P_std": _POS},
+    PairsConfig: {"n": _POS, "shard_size": _POS, "batch_size": _POS},
+    ModelConfig: {"sample_steps": _POS, "width": _POS, "depth": _POS, "latent_dim": _POS,
+                  "sigma_z": _NONNEG, "huber_c": _POS, "w_latent": _NONNEG, "w_rec": _NONNEG,
+                  "w_push": _NONNEG, "w_inverse": _NONNEG, "w_spectrum": _NONNEG,
+                  "r_min": _NONNEG, "r_max": _NONNEG, "latent_channels": _POS,
+                  "projection": _NONNEG, "w_adv": _NONNEG, "disc_channels": _POS},
+    TrainConfig: _TRAIN_RANGES,
+    EvalConfig: {"n": _POS, "projections": _POS, "energy_n": _POS, "effnet_resolution": _POS,
+                 "kid_subset": _POS, "classifier_steps": _POS, "batch_size": _POS},
+}
+# Allowed values of string fields, by config class.
+_CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
+    TeacherConfig: {"kind": ("flow", "edm"), "sampler": ("euler", "midpoint", "heun", "rk4")},
+    PairsConfig: {"clean_dtype": ("float32", "float16")},
+    ModelConfig: {"koopman": ("dense", "eigen"), "distance": ("l2", "pseudo_huber", "lpips"),
+                  "spectrum_target": ("disk", "circle")},
+    TrainConfig: {"lr_schedule": ("constant", "cosine")},
+    EvalConfig: {"extractor": ("classifier", "effnet", "inception")},
+}
+_IN_RANGE = {_POS: lambda v: v > 0, _NONNEG: lambda v: v >= 0, _UNIT: lambda v: 0 <= v <= 1,
+             _FRAC: lambda v: 0 <= v < 1}
+
+
+def _check_ranges(obj: Any, where: str) -> None:
+    rules, choices = _RANGES.get(type(obj), {}), _CHOICES.get(type(obj), {})
+    for f in dataclasses.fields(obj):
+        value, name = getattr(obj, f.name), f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{name}.")
+            continue
+        if f.name in choices and value not in choices[f.name]:
+            raise KDMError(f"{name} must be one of {', '.join(choices[f.name])}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise KDMError(f"{name} must be a finite number, got {value!r}")
+        rule = rules.get(f.name)
+        values = value if isinstance(value, list) else [value]
+        if rule and not all(_IN_RANGE[rule](v) for v in values):
+            raise KDMError(f"{name} must be {rule}, got {value!r}")
 
 
 # Measured on 2 CPU cores (docs/benchmarks.md): at equal examples seen, KDM reaches a higher
@@ -370,7 +456,7 @@ def _parse_value(text: str, tp: Any, key: str) -> Any:
     if tp in (int, float):
         try:
             return tp(float(text)) if tp is int and "e" in text.lower() else tp(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise KDMError(f"{key} takes a number ({tp.__name__}), got {text!r}") from None
     return text
 
@@ -398,6 +484,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             raise KDMError(f"unknown config key {key!r}; {'.'.join(path)} has: "
                            f"{', '.join(hints)}")
         setattr(sub, name, _parse_value(text.strip(), hints[name], key))
+    cfg.validate()
     return cfg
 
 

@@ -17,20 +17,28 @@ from .errors import KDMError
 from .evaluate import evaluate_run
 from .training.checkpoint import latest_checkpoint
 
+# The config sections that decide a stage's result: other settings (evaluation, say) may
+# change between runs without invalidating it.
+STAGE_SECTIONS = {"teacher": ("data", "teacher", "teacher_train"),
+                  "kdm": ("data", "teacher", "teacher_train", "pairs", "model", "train")}
+
 
 def _finished(run: Path, want: Config) -> bool:
     if not (run / "run.json").exists():
         return False
     cfg, meta = read_run(run)
-    if cfg != want:
-        raise KDMError(f"{run} was made with other settings than this demo's; pick another "
-                       "--out or delete it")
+    differ = [s for s in STAGE_SECTIONS[meta["kind"]] if getattr(cfg, s) != getattr(want, s)]
+    if differ:
+        raise KDMError(f"{run} was made with other {', '.join(differ)} settings than these; "
+                       "pick another --out or delete it")
     steps = cfg.teacher_train.steps if meta["kind"] == "teacher" else cfg.train.steps
     ckpt = latest_checkpoint(run)
     return ckpt is not None and int(ckpt.name.split("-")[1]) >= steps
 
 
-def _stage(name: str, run: Path, cfg: Config, start: Any, timings: dict[str, float]) -> None:
+def run_stage(name: str, run: Path, cfg: Config, start: Any, timings: dict[str, float]) -> None:
+    """Run ``start()`` for stage ``name`` into ``run`` unless it is complete (reuse) or
+    interrupted (resume); its wall time goes into ``timings[name]``."""
     t = time.perf_counter()
     if _finished(run, cfg):
         print(f"[{name}] reusing {run}")
@@ -48,12 +56,12 @@ def run_demo(cfg: Config, out: str | Path) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    _stage("teacher", out / "teacher", cfg, lambda: train_teacher(cfg, out / "teacher"), timings)
+    run_stage("teacher", out / "teacher", cfg, lambda: train_teacher(cfg, out / "teacher"), timings)
     t = time.perf_counter()
     print(f"[pairs] -> {out / 'pairs'}")
     make_pairs(out / "teacher", out / "pairs", cfg, progress=cfg.train.progress)
     timings["pairs"] = time.perf_counter() - t
-    _stage("kdm", out / "kdm", cfg, lambda: train_kdm(cfg, out / "pairs", out / "kdm"), timings)
+    run_stage("kdm", out / "kdm", cfg, lambda: train_kdm(cfg, out / "pairs", out / "kdm"), timings)
     t = time.perf_counter()
     result = evaluate_run(out / "kdm")
     timings["eval"] = time.perf_counter() - t

@@ -74,8 +74,9 @@ def _throughput(fn: Any, batch: int) -> float:
     return batch / (time.perf_counter() - t)
 
 
-def _scores(extractor: Any, images: np.ndarray, ref_feats: np.ndarray,
-            ecfg: EvalConfig) -> dict[str, float]:
+def image_scores(extractor: Any, images: np.ndarray, ref_feats: np.ndarray,
+                 ecfg: EvalConfig) -> dict[str, float]:
+    """Fréchet distance and KID of ``images`` (N, C, R, R) against reference features."""
     feats = extract_features(extractor, images, batch_size=ecfg.batch_size)
     mu, sigma = feature_stats(feats)
     mu_r, sigma_r = feature_stats(ref_feats)
@@ -112,7 +113,7 @@ def evaluate_image_run(run: str | Path, ecfg: EvalConfig | None = None,
         return gen.map(noise[:b], None if labels is None else labels[:b], b)
 
     result["kdm"] = {"nfe": 1, "samples_per_s": _throughput(kdm_batch, ecfg.batch_size),
-                     **_scores(extractor, kdm, ref_feats, ecfg)}
+                     **image_scores(extractor, kdm, ref_feats, ecfg)}
     teacher_out = None
     teacher = _teacher(gen.meta, gen.device)
     if teacher is not None:
@@ -128,7 +129,7 @@ def evaluate_image_run(run: str | Path, ecfg: EvalConfig | None = None,
             .cpu().numpy() for i in range(0, ecfg.n, ecfg.batch_size)])
         result["teacher"] = {"nfe": teacher.nfe,
                              "samples_per_s": _throughput(teacher_batch, ecfg.batch_size),
-                             **_scores(extractor, teacher_out, ref_feats, ecfg)}
+                             **image_scores(extractor, teacher_out, ref_feats, ecfg)}
         result["kdm"]["paired_mse"] = float(np.mean((kdm - teacher_out) ** 2))
         result["ratios"] = {
             "fd_kdm_over_teacher": result["kdm"]["fd"] / result["teacher"]["fd"],

@@ -15,7 +15,6 @@ import torch
 from .config import Config
 from .data.images import ImageData, load_images
 from .errors import KDMError
-from .models.kdm_image import ImageKDM
 from .models.unet import UNet
 from .pairs import PairStore
 from .pairs.store import draw_seeded_noise
@@ -89,10 +88,6 @@ def teacher_nfe(cfg: Config) -> int:
     return heun_nfe(cfg.teacher.steps)
 
 
-def build_kdm(cfg: Config, meta: dict[str, Any]) -> ImageKDM:
-    return ImageKDM(tuple(meta["shape"]), cfg.model, meta["sigma_max"], meta["num_classes"])
-
-
 def store_classes(store: PairStore, cfg: Config) -> int:
     """Number of classes a KDM on ``store`` is conditioned on (0 = unconditional)."""
     if not cfg.data.conditional:
@@ -117,8 +112,11 @@ def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 class StoreBatches:
     """Endless shuffled batches streamed from a pair store (float32 tensors), resumable.
 
-    Epoch ``e``'s order is the store's ``batches(seed=seed, epoch=e, rank, world_size)``;
-    the state is (epoch, batches taken), so :meth:`load_state_dict` resumes exactly.
+    Epoch ``e``'s order is the store's ``epoch_order(seed, e)``, cut into global batches of
+    ``batch_size * world_size`` pairs; rank ``r`` reads only its rows
+    ``r * batch_size:(r + 1) * batch_size`` of each (``batch_size`` is per rank), so the ranks
+    together see the batches of one process with the whole global batch. The state is (epoch,
+    global batches taken), so :meth:`load_state_dict` resumes exactly.
     """
 
     def __init__(self, store: PairStore, batch_size: int, seed: int = 0, rank: int = 0,
@@ -130,27 +128,23 @@ class StoreBatches:
         self.store, self.batch_size, self.seed = store, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.taken = 0, 0
-        self._it = self._epoch_iter()
-
-    def _epoch_iter(self) -> Any:
-        return self.store.batches(self.batch_size, seed=self.seed, epoch=self.epoch,
-                                  rank=self.rank, world_size=self.world_size, start=self.taken)
+        self._order = store.epoch_order(seed, 0)
 
     def __iter__(self) -> StoreBatches:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        batch = next(self._it, None)
-        if batch is None:
+        step = self.batch_size * self.world_size
+        if (self.taken + 1) * step > len(self.store):
             self.epoch, self.taken = self.epoch + 1, 0
-            self._it = self._epoch_iter()
-            batch = next(self._it)
+            self._order = self.store.epoch_order(self.seed, self.epoch)
+        start = self.taken * step + self.rank * self.batch_size
         self.taken += 1
-        return to_tensors(batch)
+        return to_tensors(self.store.load(self._order[start:start + self.batch_size]))
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "taken": self.taken}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.taken = int(state["epoch"]), int(state["taken"])
-        self._it = self._epoch_iter()
+        self._order = self.store.epoch_order(self.seed, self.epoch)

@@ -10,15 +10,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import KDMError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def write_failed(path: str | os.PathLike, err: OSError, kept: str) -> KDMError:
+    """A one-line error for a failed write (disk full, permissions) naming what was kept."""
+    return KDMError(f"cannot write {path}: {err.strerror or err}; {kept}")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path``; on failure nothing changes."""
+    """Call ``write(tmp_path)`` and rename the result onto ``path``; on failure nothing changes
+    (an OSError such as a full disk becomes a one-line KDMError)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_failed(path, e, "nothing was changed") from None
     os.close(fd)
     try:
         write(tmp)
@@ -26,10 +37,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise write_failed(path, e, "nothing was changed") from None
         raise
+
+
+def remove_temp_files(directory: str | os.PathLike, name: str) -> None:
+    """Delete the temporary files a killed :func:`atomic_write` of ``directory/name`` left."""
+    for tmp in Path(directory).glob(f".{name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -54,8 +73,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     """Read JSON, turning a missing or malformed file into a one-line KDMError."""
-    from .errors import KDMError
-
     path = Path(path)
     if not path.is_file():
         raise KDMError(f"{what} not found: {path}")
@@ -65,3 +82,5 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise KDMError(f"{what} {path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); "
                        "it may be truncated or corrupt") from None
+    except OSError as e:
+        raise KDMError(f"cannot read {what} {path}: {e.strerror or e}") from None

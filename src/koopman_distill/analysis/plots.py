@@ -276,3 +276,28 @@ def image_grids(panels: Mapping[str, Any], out_png: str | os.PathLike, nrow: int
             else:
                 ax.set_yticks([])
         return _save(fig, out_png)
+
+
+def quality_vs_nfe(series: Mapping[str, Sequence[tuple[int, float]]], metric: str,
+                   out_png: str | os.PathLike, lower_is_better: bool = True,
+                   title: str | None = None) -> Path:
+    """One line (or marker, for a single point) per method: ``series`` maps a method name to
+    (NFE, value) points; the NFE axis is logarithmic."""
+    if not series or not any(series.values()):
+        raise KDMError("quality_vs_nfe needs at least one (NFE, value) point")
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _figure(1, 1, 1.6 * PANEL_SIZE, PANEL_SIZE)
+        ax = axes[0, 0]
+        for i, (name, pts) in enumerate(series.items()):
+            xy = np.array(sorted(pts), dtype=np.float64).reshape(-1, 2)
+            ax.plot(xy[:, 0], xy[:, 1], marker="o", color=f"C{i}", linewidth=1.0, label=name)
+        ax.set_xscale("log", base=2)
+        values = np.array([v for pts in series.values() for _, v in pts], dtype=np.float64)
+        if values.min() > 0 and values.max() > 20 * values.min():  # a wide range: log scale
+            ax.set_yscale("log")
+        ax.set_xlabel("NFE (network evaluations per sample)")
+        ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")
+        ax.legend()
+        if title:
+            ax.set_title(title)
+        return _save(fig, out_png)

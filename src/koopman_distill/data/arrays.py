@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import KDMError
+from ..errors import KDMError, first_line
 
 
 def load_array(path: str | Path, shape: tuple[int, ...] | None = None,
@@ -25,10 +25,9 @@ def load_array(path: str | Path, shape: tuple[int, ...] | None = None,
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as e:
-        raise KDMError(f"{path} is not a plain .npy array ({str(e).splitlines()[0]})") from None
+        raise KDMError(f"{path} is not a plain .npy array ({first_line(e)})") from None
     except (OSError, EOFError) as e:
-        raise KDMError(f"cannot read {path} as .npy: {str(e).splitlines()[0] or 'truncated'}"
-                       ) from None
+        raise KDMError(f"cannot read {path} as .npy: {first_line(e)}") from None
     if not isinstance(arr, np.ndarray):
         raise KDMError(f"{path} is an .npz archive; give a single .npy array of shape {want}")
     if arr.shape[1:] != (shape or ()) or arr.ndim < 1:

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import KDMError
+from ..training import rng
 from .koopman import build_koopman
 from .mlp import MLP
 
@@ -64,8 +65,8 @@ class KDM(nn.Module):
         x_T, x_0 = batch["noise"], batch["clean"]
         z_0 = self.E_0(x_0)
         z_T = self.E_T(x_T / self.sigma_max)
-        z_push = self.K(z_T + cfg.sigma_z * torch.randn_like(z_T))
-        x_rec = self.D(z_0 + cfg.sigma_z * torch.randn_like(z_0))
+        z_push = self.K(z_T + cfg.sigma_z * rng.randn_like(z_T))
+        x_rec = self.D(z_0 + cfg.sigma_z * rng.randn_like(z_0))
         x_push = self.D(z_push)
         terms = {
             "latent": (z_push - z_0).square().mean(),

@@ -18,18 +18,39 @@ LPIPS weights stay out of the checkpoints, and K is sized from the actual latent
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import KDMError
+from ..training import rng
 from .discriminator import PatchDiscriminator
 from .kdm import distance
 from .koopman import build_koopman
 from .unet import ProjectedDecoder, ProjectedEncoder, UNet
 
 DISTANCES = ("l2", "pseudo_huber", "lpips")
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def image_distance(cfg: ModelConfig) -> Distance:
+    """``cfg.distance`` between image batches (B, C, R, R) as a scalar: l2, pseudo-Huber, or
+    LPIPS from local weights (frozen, kept out of the checkpoints)."""
+    if cfg.distance not in DISTANCES:
+        raise KDMError(f"unknown distance {cfg.distance!r}; choose one of {', '.join(DISTANCES)}")
+    if cfg.distance != "lpips":
+        return lambda a, b: distance(a, b, cfg.distance, cfg.huber_c)
+    from .lpips import LPIPS
+
+    files = [p for p in cfg.lpips_weights.split(",") if p]
+    if not files:
+        raise KDMError("distance lpips needs local weights: set model.lpips_weights="
+                       "VGG16_FILE,LPIPS_FILE (weights are never downloaded)")
+    lpips = LPIPS.from_files(*files)
+    return lambda a, b: lpips.to(a.device)(a, b).mean()
 
 
 class ImageKDM(nn.Module):
@@ -41,9 +62,6 @@ class ImageKDM(nn.Module):
         C, R, R2 = shape
         if R != R2:
             raise KDMError(f"image KDM needs square images, got shape {tuple(shape)}")
-        if cfg.distance not in DISTANCES:
-            raise KDMError(f"unknown distance {cfg.distance!r}; choose one of "
-                           f"{', '.join(DISTANCES)}")
         self.shape, self.cfg, self.sigma_max = (C, R, R), cfg, sigma_max
         self.num_classes, Lc, u = num_classes, cfg.latent_channels, cfg.unet
 
@@ -60,15 +78,7 @@ class ImageKDM(nn.Module):
         self.K = build_koopman(self.d, cfg)
         self.B = nn.Linear(num_classes, self.d) if num_classes else None
         self.critic = PatchDiscriminator(C, R, cfg.disc_channels) if cfg.w_adv > 0 else None
-        self._lpips: list[nn.Module] = []  # frozen and not part of the checkpoint
-        if cfg.distance == "lpips":
-            from .lpips import LPIPS
-
-            files = [p for p in cfg.lpips_weights.split(",") if p]
-            if not files:
-                raise KDMError("distance lpips needs local weights: set model.lpips_weights="
-                               "VGG16_FILE,LPIPS_FILE (weights are never downloaded)")
-            self._lpips.append(LPIPS.from_files(*files))
+        self._distance = image_distance(cfg)
 
     # -- the three networks and K --------------------------------------------------------------
     def _onehot(self, label: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -106,12 +116,6 @@ class ImageKDM(nn.Module):
         return self.decode(self.koopman(self.encode_noise(x_T, y), y), y)
 
     # -- training ------------------------------------------------------------------------------
-    def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if self.cfg.distance == "lpips":
-            lpips = self._lpips[0].to(a.device)
-            return lpips(a, b).mean()
-        return distance(a, b, self.cfg.distance, self.cfg.huber_c)
-
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """The KDM loss on ``{"noise": x_T, "clean": x_0, ["label"]}``, images (B, C, R, R)."""
         cfg = self.cfg
@@ -119,8 +123,8 @@ class ImageKDM(nn.Module):
         y = self._onehot(batch.get("label"), len(x_0))
         z_0 = self.encode_clean(x_0, y)
         z_T = self.encode_noise(x_T, y)
-        z_push = self.koopman(z_T + cfg.sigma_z * torch.randn_like(z_T), y)
-        x_rec = self.decode(z_0 + cfg.sigma_z * torch.randn_like(z_0), y)
+        z_push = self.koopman(z_T + cfg.sigma_z * rng.randn_like(z_T), y)
+        x_rec = self.decode(z_0 + cfg.sigma_z * rng.randn_like(z_0), y)
         x_push = self.decode(z_push, y)
         terms = {"latent": (z_push - z_0).square().mean(),
                  "rec": self._distance(x_rec, x_0),

@@ -100,6 +100,9 @@ def check_manifest(m: Any, path: Path) -> None:
     if not (isinstance(shape, list) and shape
             and all(isinstance(s, int) and s > 0 for s in shape)):
         raise bad(f"shape {shape!r}")
+    sigma = m["sigma_max"]
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise bad(f"sigma_max {sigma!r}")
     dtypes = m["dtypes"]
     if (not isinstance(dtypes, dict) or "clean" not in dtypes
             or ("noise" in dtypes) == ("noise_seed" in dtypes)
@@ -115,14 +118,18 @@ def check_manifest(m: Any, path: Path) -> None:
         raise KDMError(f"pair store {path.parent} is incomplete ({len(shards)} of {total} "
                        "shards); rerun `kdm pairs` (or the import) with the same arguments to "
                        "resume")
-    if [s.get("index") for s in shards] != list(range(total)):
+    if len(shards) != total or [s.get("index") for s in shards] != list(range(total)):
         raise bad(f"the {len(shards)} listed shards are not shards 0..{total - 1} in order")
-    for s in shards:
-        if s.get("count") != shard_len(count, size, s["index"]):
-            raise bad(f"shard {s['index']} count {s.get('count')!r}")
-        if set(s.get("files", {})) != set(dtypes) or set(s.get("sha256", {})) != set(dtypes):
-            raise bad(f"shard {s['index']} files {sorted(s.get('files', {}))} do not match "
-                      f"dtypes {sorted(dtypes)}")
+    for i, s in enumerate(shards):
+        if s.get("count") != shard_len(count, size, i):
+            raise bad(f"shard {i} count {s.get('count')!r}")
+        if s.get("files") != {n: shard_file(n, i) for n in dtypes}:
+            raise bad(f"shard {i} files {s.get('files')!r} are not those of dtypes "
+                      f"{sorted(dtypes)}")
+        digests = s.get("sha256")
+        if not (isinstance(digests, dict) and set(digests) == set(dtypes) and all(
+                isinstance(d, str) and len(d) == 64 for d in digests.values())):
+            raise bad(f"shard {i} sha256 {digests!r}")
 
 
 def _dtype_kind(name: Any) -> str | None:

@@ -10,7 +10,9 @@ from which the reader regenerates x_T bitwise with :func:`seeded_noise`.
 Writing is crash-safe: each file is written to a temporary file and renamed into place, and
 the manifest (rewritten atomically after every shard) lists only shards whose files are all
 in place. Generated stores are deterministic per shard, so an interrupted run resumes by
-producing just the shards the manifest does not list yet.
+producing just the shards the manifest does not list yet. Under ``torchrun`` the processes
+generate different shards, round by round, and rank 0 alone writes them, so the store is
+bitwise the one a single process writes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tqdm import tqdm
 
 from ..errors import KDMError
 from ..io import atomic_write, read_json, sha256_file, write_json
+from ..training.distributed import gather_to_main, is_main, on_main, rank, world_size
 from .manifest import (
     ARRAY_NAMES,
     FORMAT_VERSION,
@@ -186,6 +189,11 @@ class PairStore:
                     dst[pos] = arrays[name][row[pos]]
         return self._with_noise(out)
 
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        """The shuffled example order of ``epoch`` (N,): ``default_rng((seed, epoch))``'s
+        permutation."""
+        return np.random.default_rng((seed, epoch)).permutation(len(self))
+
     def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, rank: int = 0,
                 world_size: int = 1, drop_last: bool = True, start: int = 0
                 ) -> Iterator[dict[str, np.ndarray]]:
@@ -201,7 +209,7 @@ class PairStore:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        mine = np.random.default_rng((seed, epoch)).permutation(len(self))[rank::world_size]
+        mine = self.epoch_order(seed, epoch)[rank::world_size]
         if drop_last:
             mine = mine[:(len(self) // world_size) // batch_size * batch_size]
         return (self._gather(mine[s:s + batch_size])
@@ -221,6 +229,13 @@ class PairStore:
                     problems.append(f"{fname}: sha256 {got[:12]}... differs from the manifest's "
                                     f"{want[:12]}... (file changed or corrupt)")
         return problems
+
+    def check_intact(self) -> None:
+        """Raise a KDMError listing every missing or changed shard file (see :meth:`verify`)."""
+        problems = self.verify()
+        if problems:
+            raise KDMError(f"pair store {self.path} is damaged, {len(problems)} problem(s): "
+                           f"{'; '.join(problems)}; regenerate it or restore the files")
 
     def check_finite(self) -> None:
         """Raise a KDMError if any noise/clean value is NaN or inf (reads the whole store)."""
@@ -449,19 +464,45 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
                          sigma_max=_check_sigma(sigma_max), seed=int(seed), teacher=teacher,
                          sampler=sampler, nfe=nfe, config=config,
                          source={"kind": "generated"} if source is None else source)
-    writer = _open_for_writing(out, fresh, IDENTITY_KEYS, resume=True)
+    writer = on_main(lambda: _open_for_writing(out, fresh, IDENTITY_KEYS, resume=True))
     if isinstance(writer, PairStore):
         return writer
-    total = num_shards(n, shard_size)
-    todo = [i for i in range(total) if i not in writer.done]
-    for i in tqdm(todo, total=total, initial=total - len(todo), desc=f"pairs {out.name}",
-                  unit="shard", disable=not progress):
+
+    def shard(i: int) -> dict[str, np.ndarray]:
         count = shard_len(n, shard_size, i)
         result = generate(torch.Generator().manual_seed(shard_seed(int(seed), i)), count)
         where = f"teacher output for shard {i}"
         arrays = _as_shard(result, count, shape, where, clean_dtype)
-        writer.write(i, _keep_noise_or_seeds(arrays, store_noise, sigma_max, where))
-    return writer.finish()
+        return _keep_noise_or_seeds(arrays, store_noise, sigma_max, where)
+
+    total = num_shards(n, shard_size)
+    todo = [i for i in range(total) if i not in writer.done]
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"pairs {out.name}", unit="shard",
+               disable=not (progress and is_main()))
+    for start in range(0, len(todo), world_size()):  # each round: one shard per process
+        mine = todo[start + rank()] if start + rank() < len(todo) else None
+        try:
+            done = None if mine is None else (mine, shard(mine))
+        except KDMError as e:
+            done = e
+        _write_round(writer, gather_to_main(done))
+        bar.update(min(world_size(), len(todo) - start))
+    bar.close()
+    return on_main(writer.finish)
+
+
+def _write_round(writer: _StoreWriter, results: list[Any] | None) -> None:
+    """Rank 0 writes the shards of one round, ``(index, arrays)`` per process (None: no shard,
+    a KDMError: its generation failed), then every process raises the first failure."""
+    def write() -> None:
+        for r in results:
+            if isinstance(r, tuple):
+                writer.write(*r)
+        for r in results:
+            if isinstance(r, KDMError):
+                raise r
+
+    on_main(write)
 
 
 def write_arrays(out_dir: str | os.PathLike, noise: np.ndarray, clean: np.ndarray,

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import KDMError
+from ..training import rng
 
 # D(x (B, ...), sigma (B,), labels (B, label_dim) or None) -> (B, ...)
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -86,20 +87,20 @@ def edm_loss(denoiser: Denoiser, x0: torch.Tensor, labels: torch.Tensor | None =
 
     Its minimum is 1 when the data have per-element variance ``sigma_data^2`` (Gaussian case).
     """
-    sigma = (torch.randn(x0.shape[0], device=x0.device, dtype=x0.dtype) * P_std + P_mean).exp()
+    sigma = (rng.randn(x0.shape[0], device=x0.device, dtype=x0.dtype) * P_std + P_mean).exp()
     s = _per_sample(sigma, x0)
     weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
-    denoised = denoiser(x0 + s * torch.randn_like(x0), sigma, labels)
+    denoised = denoiser(x0 + s * rng.randn_like(x0), sigma, labels)
     return (weight * (denoised - x0).square()).mean()
 
 
 def heun_sample(denoiser: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None, second_order: bool = True) -> torch.Tensor:
     """Deterministic EDM sampler (Algorithm 1 without churn): Heun steps along ``sigmas``
-    (N + 1,), an Euler step wherever the next sigma is 0.
+    (N + 1,), an Euler step wherever the next sigma is 0 (everywhere if not ``second_order``).
 
     ``x_T`` (B, ...) is already scaled to std ``sigmas[0]``; returns x_0 (B, ...) after
-    ``2 N - 1`` denoiser calls when only the last sigma is 0.
+    ``2 N - 1`` denoiser calls when only the last sigma is 0 (``N`` for Euler).
     """
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise KDMError(f"sigmas must be 1-D with at least 2 entries, got {tuple(sigmas.shape)}")
@@ -113,7 +114,7 @@ def heun_sample(denoiser: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor,
     for s, s_next in zip(levels[:-1], levels[1:], strict=True):
         d = slope(x, s)
         x_next = x + (s_next - s) * d
-        if s_next > 0:
+        if second_order and s_next > 0:
             x_next = x + (s_next - s) * 0.5 * (d + slope(x_next, s_next))
         x = x_next
     return x
@@ -175,16 +176,20 @@ class EDMTeacher(nn.Module):
 
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, labels: torch.Tensor | None = None,
-               steps: int | None = None) -> torch.Tensor:
+               steps: int | None = None, method: str = "heun") -> torch.Tensor:
         """Deterministic map of noise (B, C, R, R) with std sigma_max to images (B, C, R, R);
-        ``steps`` defaults to the teacher's."""
+        ``steps`` defaults to the teacher's; ``method`` heun (2 steps - 1 NFE) or euler
+        (``steps`` NFE) on the same Karras schedule."""
+        if method not in ("heun", "euler"):
+            raise KDMError(f"unknown EDM sampler {method!r}; choose heun or euler")
         _check_images(noise, "noise")
         if labels is not None and not self.num_classes:
             raise KDMError("this EDM teacher is unconditional (num_classes=0) but labels were "
                            "given")
         steps = self.steps if steps is None else steps
         sigmas = karras_sigmas(steps, self.sigma_min, self.sigma_max, self.rho)
-        return heun_sample(self.precond, noise, sigmas, self.one_hot(labels, noise))
+        return heun_sample(self.precond, noise, sigmas, self.one_hot(labels, noise),
+                           second_order=method == "heun")
 
 
 def _check_images(x: torch.Tensor, name: str) -> None:

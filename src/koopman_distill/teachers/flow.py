@@ -13,6 +13,7 @@ from torch import nn
 from ..config import TeacherConfig
 from ..models.features import FourierFeatures, TimeFeatures
 from ..models.mlp import MLP
+from ..training import rng
 from .samplers import nfe, ode_sample
 
 
@@ -34,8 +35,8 @@ class FlowMatchingTeacher(nn.Module):
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Conditional flow-matching loss on a batch ``{"x": (B, dim)}`` of data."""
         x0 = batch["x"]
-        x_T = self.cfg.sigma_max * torch.randn_like(x0)
-        t = torch.rand(x0.shape[0], device=x0.device)
+        x_T = self.cfg.sigma_max * rng.randn_like(x0)
+        t = rng.rand(x0.shape[0], device=x0.device)
         x_t = (1 - t[:, None]) * x_T + t[:, None] * x0
         loss = (self.velocity(x_t, t) - (x0 - x_T)).square().mean()
         return loss, {"fm": loss.item()}

@@ -1,19 +1,42 @@
-"""In-memory batch source with an exact, resumable position."""
+"""Batch sources with an exact, resumable position, and a background prefetcher."""
 
 from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Protocol
 
 import torch
 
 from ..errors import KDMError
+from .distributed import world_size
+
+
+class BatchSource(Protocol):
+    def __next__(self) -> dict[str, torch.Tensor]: ...
+    def state_dict(self) -> dict[str, int]: ...
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+
+def rank_batch_size(batch_size: int) -> int:
+    """Rows of a global batch that each of the current processes takes."""
+    w = world_size()
+    if batch_size % w:
+        raise KDMError(f"batch size {batch_size} does not split evenly across {w} processes; "
+                       f"pick a multiple of {w}")
+    return batch_size // w
 
 
 class TensorBatches:
     """Endless shuffled batches over equal-length tensors ``{name: (N, ...)}``.
 
-    Epoch ``e`` uses the permutation from a generator seeded with ``(seed, e)``; rank ``r`` of
-    ``world_size`` takes every ``world_size``-th index of it, so ranks read disjoint parts.
-    ``batch_size`` is per rank; the last incomplete batch of an epoch is dropped. The position
-    (epoch, offset) is the whole state, so :meth:`load_state_dict` resumes exactly.
+    Epoch ``e`` uses the permutation from a generator seeded with ``(seed, e)``, cut into
+    global batches of ``batch_size * world_size`` consecutive indices; rank ``r`` takes rows
+    ``r * batch_size:(r + 1) * batch_size`` of each, so ranks read disjoint parts and together
+    see exactly the batches of one process with batch ``batch_size * world_size``.
+    ``batch_size`` is per rank; the last incomplete global batch of an epoch is dropped. The
+    position (epoch, offset into the permutation) is the whole state, so
+    :meth:`load_state_dict` resumes exactly, also with another number of processes.
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int = 0,
@@ -32,17 +55,19 @@ class TensorBatches:
 
     def _permutation(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=g)[self.rank::self.world_size]
+        return torch.randperm(self.n, generator=g)
 
     def __iter__(self) -> TensorBatches:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        if self.offset + self.batch_size > len(self._perm):
+        step = self.batch_size * self.world_size
+        if self.offset + step > self.n:
             self.epoch, self.offset = self.epoch + 1, 0
             self._perm = self._permutation()
-        idx = self._perm[self.offset:self.offset + self.batch_size]
-        self.offset += self.batch_size
+        start = self.offset + self.rank * self.batch_size
+        idx = self._perm[start:start + self.batch_size]
+        self.offset += step
         return {k: t[idx] for k, t in self.tensors.items()}
 
     def state_dict(self) -> dict[str, int]:
@@ -51,3 +76,70 @@ class TensorBatches:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
         self._perm = self._permutation()
+
+
+class Prefetch:
+    """Loads the next ``depth`` batches of ``source`` in a background thread, in pinned memory
+    when ``pin`` (for asynchronous copies to a GPU).
+
+    The batches are the source's, in the same order; :meth:`state_dict` is the position after
+    the batches handed out so far, so checkpoints resume exactly.
+    """
+
+    def __init__(self, source: BatchSource, depth: int, pin: bool = False):
+        self.source, self.depth, self.pin = source, depth, pin
+        self._state = source.state_dict()
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        self._queue: queue.Queue[tuple[Any, Any]] = queue.Queue(self.depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._queue, self._stop),
+                                        daemon=True, name="kdm-prefetch")
+        self._thread.start()
+
+    def _run(self, q: queue.Queue, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                batch = next(self.source)
+                if self.pin:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                item: tuple[Any, Any] = (batch, self.source.state_dict())
+            except BaseException as e:  # handed to the consumer, which raises it
+                item = (e, None)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[1] is None:
+                return
+
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self._thread is None:
+            self._start()
+        batch, state = self._queue.get()
+        if state is None:
+            self._thread = None
+            raise batch
+        self._state = state
+        return batch
+
+    def close(self) -> None:
+        """Stop the background thread (a later ``next`` starts it again)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self._state)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.close()
+        self.source.load_state_dict(state)
+        self._state = dict(state)

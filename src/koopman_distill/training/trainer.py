@@ -6,10 +6,19 @@ source provides ``next()``, ``state_dict()`` and ``load_state_dict()``. A model 
 adversary has a ``critic`` submodule and ``critic_loss(batch)``, called right after
 ``loss(batch)``; the critic gets its own Adam and is stepped after the generator's backward
 pass, so the generator's gradient uses the critic as it was before this step.
+
+Under ``torchrun`` every process runs this loop on its rows of each global batch (the data
+source splits it, see :class:`.data.TensorBatches`), optionally cut further into
+``cfg.micro_batch``-row micro-batches whose gradients are accumulated; gradients and logged
+values are then averaged over processes, so all processes take the same step. Per-example noise
+drawn through :mod:`.rng` is the same however the batch is split, so such a run follows the
+single-process run with the same global batch up to floating-point rounding (BatchNorm, as in
+the critic, still sees per-micro-batch statistics). Only rank 0 logs, evaluates and saves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -25,12 +34,22 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..errors import KDMError
-from ..io import atomic_write
-from .checkpoint import latest_checkpoint, load_into, load_state, load_weights, save_checkpoint
-from .distributed import is_main
+from ..io import atomic_write, remove_temp_files, write_failed
+from . import rng
+from .checkpoint import (
+    discard_after,
+    latest_checkpoint,
+    load_into,
+    load_state,
+    load_weights,
+    save_checkpoint,
+)
+from .data import Prefetch
+from .distributed import all_reduce_mean_, barrier, broadcast_, is_main, rank, world_size
 from .ema import EMA
 
 Evaluate = Callable[[nn.Module, int], dict[str, float]]
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
@@ -52,6 +71,27 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     raise KDMError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose constant or cosine")
 
 
+def compile_networks(model: nn.Module) -> None:
+    """``torch.compile`` the forward of each direct submodule with parameters, in place (the
+    model's own ``loss`` stays eager, so its logging does not break the graphs)."""
+    for child in model.children():
+        if next(child.parameters(), None) is not None:
+            child.compile()
+
+
+def _micro_batches(rows: int, micro_batch: int) -> int:
+    """How many ``micro_batch``-row pieces a process's ``rows`` of a batch make."""
+    if rows % micro_batch:
+        raise KDMError(f"train.micro_batch {micro_batch} does not divide the {rows} rows each "
+                       f"process takes of a batch; pick a divisor of {rows}")
+    return rows // micro_batch
+
+
+def _part_seed(seed: int, step: int, rank: int, part: int) -> int:
+    """Seed of the global generator for micro-batch ``part`` of ``rank`` at ``step``."""
+    return (((seed * 1_000_003 + step) * 1_009 + rank) * 1_013 + part) % 2**63
+
+
 class Trainer:
     """Train ``model`` on ``data`` for ``cfg.steps`` steps, writing into ``run_dir``."""
 
@@ -59,8 +99,19 @@ class Trainer:
                  cfg: TrainConfig, run_dir: str | Path, evaluate: Evaluate | None = None,
                  device: str | torch.device = "cpu"):
         lr_at(cfg, 0)  # validates the schedule name before any work
-        self.model, self.data, self.cfg = model.to(device), data, cfg
+        if cfg.precision not in PRECISIONS:
+            raise KDMError(f"unknown train.precision {cfg.precision!r}; choose fp32, bf16 or fp16")
+        if cfg.micro_batch < 0 or cfg.prefetch < 0:
+            raise KDMError("train.micro_batch and train.prefetch must be >= 0")
+        if cfg.micro_batch:
+            _micro_batches(cfg.batch_size // world_size(), cfg.micro_batch)
+        layout = torch.channels_last if cfg.channels_last else torch.preserve_format
+        self.model, self.cfg, self.world = model.to(device, memory_format=layout), cfg, world_size()
         self.run_dir, self.evaluate, self.device = Path(run_dir), evaluate, torch.device(device)
+        self.data = (Prefetch(data, cfg.prefetch, pin=self.device.type == "cuda")
+                     if cfg.prefetch else data)
+        if self.world > 1:  # every process starts from rank 0's weights
+            broadcast_([*model.parameters(), *model.buffers()])
         self.critic = getattr(model, "critic", None)
         self.params = [p for n, p in model.named_parameters() if not n.startswith("critic.")]
         betas = (cfg.beta1, cfg.beta2)
@@ -68,16 +119,40 @@ class Trainer:
         self.critic_opt = (torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=betas)
                            if self.critic is not None else None)
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+        if cfg.compile:
+            compile_networks(model)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        # Split batches (several processes or micro-batches) draw per-example noise from their
+        # own generator, started where the global one stands; otherwise the global one is used.
+        self.part_gen = None
+        if self.world > 1 or cfg.micro_batch:
+            self.part_gen = torch.Generator(self.device)
+            self.part_gen.set_state(self._device_rng().get("rng_cuda", torch.get_rng_state()))
         self.step, self.elapsed, self.nonfinite_total = 0, 0.0, 0
         self.log_path = self.run_dir / "log.jsonl"
 
     # -- state -------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         extra = {"critic_optimizer": self.critic_opt.state_dict()} if self.critic_opt else {}
+        if self.scaler is not None:
+            extra["scaler"] = self.scaler.state_dict()
         return {**extra, "step": self.step, "optimizer": self.opt.state_dict(),
                 "ema_updates": self.ema.updates, "data": self.data.state_dict(),
                 "rng_torch": torch.get_rng_state(), "elapsed": self.elapsed,
-                "nonfinite_total": self.nonfinite_total}
+                "nonfinite_total": self.nonfinite_total, **self._device_rng(),
+                **self._part_rng()}
+
+    def _device_rng(self) -> dict[str, torch.Tensor]:
+        cuda = self.device.type == "cuda"
+        return {"rng_cuda": torch.cuda.get_rng_state(self.device)} if cuda else {}
+
+    def _part_rng(self) -> dict[str, torch.Tensor]:
+        """Split batches: the noise generator's state, under the key of its device's global
+        generator (the stream per-example noise comes from in either mode)."""
+        if self.part_gen is None:
+            return {}
+        return {"rng_cuda" if self.device.type == "cuda" else "rng_torch":
+                self.part_gen.get_state()}
 
     def save(self) -> Path:
         return save_checkpoint(self.run_dir, self.step, self.model.state_dict(),
@@ -85,9 +160,11 @@ class Trainer:
                                self.cfg.keep_checkpoints)
 
     def resume(self) -> bool:
-        """Restore the latest checkpoint; False when the run has none."""
+        """Restore the latest checkpoint; False when the run has none. Either way, drop what a
+        killed run wrote after it (log rows, checkpoints ``latest`` never pointed at)."""
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
+            self._discard_after(None)
             return False
         load_into(self.model, load_weights(ckpt / "model.safetensors"), ckpt)
         load_into(self.ema.model, load_weights(ckpt / "ema.safetensors"), ckpt)
@@ -98,19 +175,38 @@ class Trainer:
         self.ema.updates = int(state["ema_updates"])
         self.data.load_state_dict(state["data"])
         torch.set_rng_state(state["rng_torch"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        part_key = "rng_cuda" if self.device.type == "cuda" else "rng_torch"
+        if self.part_gen is not None and part_key in state:
+            self.part_gen.set_state(state[part_key])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.nonfinite_total = int(state["nonfinite_total"])
-        if is_main() and self.log_path.exists():
-            rows = [r for r in _read_log(self.log_path) if r["step"] <= self.step]
+        self._discard_after(ckpt)
+        return True
+
+    def _discard_after(self, ckpt: Path | None) -> None:
+        if not is_main():
+            return
+        discard_after(self.run_dir, ckpt, self.cfg.keep_checkpoints)
+        remove_temp_files(self.run_dir, self.log_path.name)
+        if self.log_path.exists():
+            rows = [r for r in read_log(self.log_path) if r["step"] <= self.step]
             atomic_write(self.log_path, lambda p: Path(p).write_text(
                 "".join(json.dumps(r) + "\n" for r in rows)))
-        return True
 
     # -- loop --------------------------------------------------------------------------------
     def _log(self, row: dict[str, Any]) -> None:
         if is_main():
-            with open(self.log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            try:
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as e:
+                ckpt = latest_checkpoint(self.run_dir)
+                raise write_failed(self.log_path, e, f"the last checkpoint is "
+                                   f"{ckpt.name if ckpt else 'none'}") from None
 
     def fit(self) -> dict[str, float]:
         """Run to ``cfg.steps``; returns the last evaluation (empty when none ran)."""
@@ -123,16 +219,15 @@ class Trainer:
         t_start = time.perf_counter() - self.elapsed
         self.model.train()
         while self.step < cfg.steps:
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self.data).items()}
+            batch = {k: self._to_device(v) for k, v in next(self.data).items()}
             lr = lr_at(cfg, self.step)
             for opt in (self.opt, self.critic_opt):
                 for group in opt.param_groups if opt else ():
                     group["lr"] = lr
-            loss, logs = self.model.loss(batch)
-            self.opt.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(loss))
+            loss, logs, finite, critic_ok = self._gradients(batch)
             if finite:
-                loss.backward()
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.opt)
                 grads = [p.grad for p in self.params if p.grad is not None]
                 norm = nn.utils.get_total_norm(grads)  # one reduction; inf/NaN if any is
                 finite = bool(torch.isfinite(norm))
@@ -140,7 +235,13 @@ class Trainer:
                 consecutive += 1
                 self.nonfinite_total += 1
                 self.opt.zero_grad(set_to_none=True)
+                if self.critic_opt is not None:
+                    self.critic_opt.zero_grad(set_to_none=True)
+                if self.scaler is not None:  # back off also when the loss itself overflowed
+                    self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
                 if consecutive >= cfg.max_nonfinite:
+                    self._log({"step": self.step, "nonfinite": self.nonfinite_total,
+                               "stopped": "non-finite"})
                     ckpt = latest_checkpoint(self.run_dir)
                     raise KDMError(
                         f"training stopped: {consecutive} consecutive non-finite losses or "
@@ -151,10 +252,12 @@ class Trainer:
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grads_with_norm_(grads, cfg.grad_clip, norm)
                 if self.critic_opt is not None:
-                    logs = {**logs, **self._critic_step(batch)}
-                self.opt.step()
+                    logs = {**logs, **self._critic_step(batch, critic_ok)}
+                self._opt_step(self.opt)
+                if self.scaler is not None:
+                    self.scaler.update()
                 self.ema.update(self.model)
-                for k, v in {"loss": loss.item(), **logs}.items():
+                for k, v in {"loss": loss, **logs}.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
             self.step += 1
@@ -169,27 +272,123 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in row.items()
                                  if k in ("loss", "latent", "rec", "push", "fm")})
                 sums, count = {}, 0
-            if self.evaluate and cfg.eval_every and (self.step % cfg.eval_every == 0 or done):
+            if (self.evaluate and is_main() and cfg.eval_every
+                    and (self.step % cfg.eval_every == 0 or done)):
                 last_eval = self.evaluate(self.ema.model, self.step)
                 self._log({"step": self.step, **{f"eval/{k}": v for k, v in last_eval.items()}})
                 self.model.train()
             if is_main() and (self.step % cfg.ckpt_every == 0 or done):
                 self.save()
         bar.close()
+        if isinstance(self.data, Prefetch):
+            self.data.close()
+        barrier()  # no process leaves before rank 0 has written the last checkpoint
         return last_eval
 
-    def _critic_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One critic update (skipped when its loss is not finite)."""
-        self.critic_opt.zero_grad(set_to_none=True)  # drop what the generator loss left
-        loss, logs = self.model.critic_loss(batch)
-        if torch.isfinite(loss):
-            loss.backward()
-            self.critic_opt.step()
+    # -- one step ----------------------------------------------------------------------------
+    def _to_device(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.to(self.device, non_blocking=True)
+        if self.cfg.channels_last and v.dim() == 4 and v.is_floating_point():
+            v = v.contiguous(memory_format=torch.channels_last)
+        return v
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.cfg.precision]
+        return torch.autocast(self.device.type, dtype) if dtype else contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _opt_step(self, opt: torch.optim.Optimizer) -> None:
+        self.scaler.step(opt) if self.scaler is not None else opt.step()
+
+    def _generator_loss(self, batch: dict[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``model.loss`` with the critic frozen, so its weights get no gradient from it."""
+        with self._autocast():
+            if self.critic is None:
+                return self.model.loss(batch)
+            self.critic.requires_grad_(False)
+            try:
+                return self.model.loss(batch)
+            finally:
+                self.critic.requires_grad_(True)
+
+    def _gradients(self, batch: dict[str, torch.Tensor]
+                   ) -> tuple[float, dict[str, float], bool, bool | None]:
+        """Generator gradients for this process's rows of the global batch, averaged over
+        processes. Returns the loss and logs (means over the global batch), whether every loss
+        was finite and, for split batches, whether every critic loss was (the critic's gradients
+        are then accumulated alongside; None: the critic steps on the whole batch later)."""
+        self.opt.zero_grad(set_to_none=True)
+        if self.part_gen is None:
+            loss, logs = self._generator_loss(batch)
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                self._backward(loss)
+            return loss.item(), logs, finite, None
+        n = len(next(iter(batch.values())))
+        m = self.cfg.micro_batch or n
+        k, total, first = _micro_batches(n, m), n * self.world, rank() * n
+        start = self.part_gen.get_state()
+        if self.critic_opt is not None:
+            self.critic_opt.zero_grad(set_to_none=True)
+        bad, sums = [0.0, 0.0], {}  # non-finite generator / critic loss seen
+        for j in range(k):
+            self.part_gen.set_state(start)  # every part draws the whole batch's noise
+            torch.manual_seed(_part_seed(self.cfg.seed, self.step, rank(), j))  # e.g. dropout
+            micro = {name: v[j * m:(j + 1) * m] for name, v in batch.items()}
+            with rng.batch_part(total, first + j * m, first + (j + 1) * m, self.part_gen):
+                loss, logs = self._generator_loss(micro)
+                if torch.isfinite(loss):
+                    self._backward(loss / k)
+                else:
+                    bad[0] = 1.0
+                if self.critic_opt is not None:
+                    with self._autocast():
+                        c_loss, c_logs = self.model.critic_loss(micro)
+                    if torch.isfinite(c_loss):
+                        self._backward(c_loss / k)
+                    else:
+                        bad[1] = 1.0
+                    logs = {**logs, **c_logs}
+            for name, v in {"loss": loss.item(), **logs}.items():
+                sums[name] = sums.get(name, 0.0) + v / k
+        if self.world > 1:
+            for p in self.model.parameters():
+                if p.grad is None and p.requires_grad:
+                    p.grad = torch.zeros_like(p)
+            names = sorted(sums)
+            stats = torch.tensor(bad + [sums[s] for s in names], dtype=torch.float64,
+                                 device=self.device)
+            all_reduce_mean_([*(p.grad for p in self.model.parameters() if p.grad is not None),
+                              stats])
+            bad, sums = stats[:2].tolist(), dict(zip(names, stats[2:].tolist(), strict=True))
+        loss = sums.pop("loss")
+        return loss, sums, bad[0] == 0, bad[1] == 0
+
+    def _critic_step(self, batch: dict[str, torch.Tensor],
+                     accumulated: bool | None) -> dict[str, float]:
+        """One critic update (skipped when its loss is not finite). ``accumulated``: the
+        gradients are in place already and were all finite (True) or not (False); None: compute
+        them on ``batch``."""
+        if accumulated is None:
+            self.critic_opt.zero_grad(set_to_none=True)
+            with self._autocast():
+                loss, logs = self.model.critic_loss(batch)
+            accumulated = bool(torch.isfinite(loss))
+            if accumulated:
+                self._backward(loss)
+        else:
+            logs = {}
+        if accumulated:
+            self._opt_step(self.critic_opt)
         self.critic_opt.zero_grad(set_to_none=True)
         return logs
 
 
-def _read_log(path: Path) -> list[dict[str, Any]]:
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``log.jsonl``, up to a torn last line."""
     rows = []
     for line in path.read_text().splitlines():
         try:

@@ -1,0 +1,468 @@
+"""The bad-input case table, shared by ``test_bad_inputs.py`` and ``docs/reliability.md``.
+
+Each :class:`Case` makes one bad input in a fresh directory and returns the ``kdm`` arguments
+that must refuse it: exit code 2, one ``kdm: error: ...`` line holding ``expect``, no
+traceback, and no file created, changed or removed anywhere in the workspace.
+
+``python tests/bad_input_cases.py`` builds the tiny pipeline in a temporary directory, runs
+every case and rewrites the generated section of ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import pickle
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from koopman_distill.cli import main
+from koopman_distill.io import sha256_file
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
+BEGIN, END = "<!-- bad-inputs:begin -->", "<!-- bad-inputs:end -->"
+
+
+class Workspace:
+    """A case's directory ``dir`` next to the tiny pipeline ``tiny`` (teacher, pairs, kdm)."""
+
+    def __init__(self, dir: Path, tiny: dict[str, Path]) -> None:
+        self.dir, self.tiny = dir, tiny
+        dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def teacher(self) -> Path:
+        return self.tiny["teacher"]
+
+    @property
+    def pairs(self) -> Path:
+        return self.tiny["pairs"]
+
+    @property
+    def run(self) -> Path:
+        return self.tiny["kdm"]
+
+    def p(self, name: str) -> Path:
+        return self.dir / name
+
+    def npy(self, name: str, arr: object, **kw: object) -> Path:
+        np.save(self.p(name), arr, **kw)
+        return self.p(name)
+
+    def raw(self, name: str, data: bytes) -> Path:
+        self.p(name).write_bytes(data)
+        return self.p(name)
+
+    def store(self, edit: Callable[[dict], object] | None = None) -> Path:
+        """A copy of the tiny pair store, its manifest changed by ``edit`` (in place)."""
+        out = self.p("store")
+        shutil.copytree(self.pairs, out)
+        if edit:
+            m = json.loads((out / "manifest.json").read_text())
+            edit(m)
+            (out / "manifest.json").write_text(json.dumps(m))
+        return out
+
+    def store_shard(self, name: str, data: bytes | None, reseal: bool = False) -> Path:
+        """A store copy with shard file ``name`` replaced by ``data`` (None: deleted);
+        ``reseal`` updates its sha256 so that only deeper checks can catch it."""
+        out = self.store()
+        f = out / name
+        if data is None:
+            f.unlink()
+        else:
+            f.write_bytes(data)
+        if reseal:
+            m = json.loads((out / "manifest.json").read_text())
+            kind, index = name.split("-")[0], int(name.split("-")[1][:5])
+            m["shards"][index]["sha256"][kind] = sha256_file(f)
+            (out / "manifest.json").write_text(json.dumps(m))
+        return out
+
+    def run_copy(self, edit: Callable[[Path], object] | None = None) -> Path:
+        """A copy of the tiny KDM run, changed by ``edit(run_dir)``."""
+        out = self.p("run")
+        shutil.copytree(self.run, out)
+        if edit:
+            edit(out)
+        return out
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def edit_json(path: Path, edit: Callable[[dict], object]) -> None:
+    d = json.loads(path.read_text())
+    edit(d)
+    path.write_text(json.dumps(d))
+
+
+def latest(run: Path) -> Path:
+    return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+
+
+class Pwned:
+    """Unpickling this calls ``os.system``: what a malicious state.pt would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def poisoned_state(run: Path) -> None:
+    with open(latest(run) / "state.pt", "wb") as f:
+        pickle.dump({"step": Pwned(run / "PWNED")}, f)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    setup: Callable[[Workspace], list]  # makes the bad input, returns the kdm arguments
+    expect: str  # a fragment of the one-line error
+
+
+def _set(*overrides: str) -> Callable[[Workspace], list]:
+    return lambda w: ["config", "--preset", "checkerboard-tiny",
+                      *[a for o in overrides for a in ("--set", o)]]
+
+
+def _train(store: Callable[[Workspace], Path]) -> Callable[[Workspace], list]:
+    return lambda w: ["train", "--preset", "checkerboard-tiny", "--pairs", store(w),
+                      "--out", w.p("out")]
+
+
+def _sample(run: Callable[[Workspace], Path], *extra: str) -> Callable[[Workspace], list]:
+    return lambda w: ["sample", run(w), "--n", "5", "--out", w.p("out.npy"), *extra]
+
+
+def _noise(make: Callable[[Workspace], Path]) -> Callable[[Workspace], list]:
+    return lambda w: ["sample", w.run, "--noise", make(w), "--out", w.p("out.npy")]
+
+
+def _resume(edit: Callable[[Path], object]) -> Callable[[Workspace], list]:
+    return lambda w: ["train", "--resume", w.run_copy(edit)]
+
+
+def _nan_rows() -> np.ndarray:
+    a = np.zeros((10, 2), np.float32)
+    a[[2, 7], 1] = np.nan
+    a[4, 0] = np.inf
+    return a
+
+
+def _flip(path: Path) -> bytes:
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF
+    return bytes(raw)
+
+
+def _clean1(w: Workspace) -> Path:
+    return w.pairs / "clean-00001.npy"
+
+
+def _nan_shard(w: Workspace) -> bytes:
+    x = np.load(_clean1(w))
+    x[3, 0] = np.nan
+    return npy_bytes(x)
+
+
+CASES: list[Case] = [
+    # command line
+    Case("no command", lambda w: [], "the following arguments are required"),
+    Case("unknown command", lambda w: ["frobnicate"], "invalid choice: 'frobnicate'"),
+    Case("unknown option", lambda w: ["train", "--pairs", w.pairs, "--out", w.p("o"),
+                                      "--bogus"], "unrecognized arguments: --bogus"),
+    Case("non-integer --n", lambda w: ["pairs", "--teacher", w.teacher, "--out", w.p("o"),
+                                       "--n", "many"], "invalid int value: 'many'"),
+    Case("pairs without --teacher", lambda w: ["pairs", "--out", w.p("o")],
+         "the following arguments are required: --teacher"),
+    Case("train without --pairs", lambda w: ["train", "--out", w.p("o")],
+         "give --pairs STORE and --out RUN_DIR"),
+    Case("teacher train without --out", lambda w: ["teacher", "train"],
+         "give --out RUN_DIR for a new teacher run"),
+    Case("zero pairs", lambda w: ["pairs", "--teacher", w.teacher, "--out", w.p("o"),
+                                  "--n", "0"], "n must be a positive integer, got 0"),
+    # configuration
+    Case("unknown preset", lambda w: ["config", "--preset", "nope"], "unknown preset 'nope'"),
+    Case("override without '='", _set("train.steps"), "must look like section.field=value"),
+    Case("override of an unknown section", _set("trian.steps=5"),
+         "trian is not a config section"),
+    Case("override of an unknown field", _set("train.stepz=5"),
+         "unknown config key 'train.stepz'"),
+    Case("override without a section", _set("steps=5"), "sections are: data, teacher"),
+    Case("text for an integer", _set("train.steps=ten"), "train.steps takes a number (int)"),
+    Case("integer overflow", _set("train.steps=1e400"), "train.steps takes a number (int)"),
+    Case("text for a boolean", _set("train.progress=maybe"), "takes true or false"),
+    Case("text in an integer list", _set("model.unet.channel_mult=1,x"),
+         "takes comma-separated integers"),
+    Case("zero steps", _set("train.steps=0"), "train.steps must be > 0, got 0"),
+    Case("negative batch size", _set("train.batch_size=-4"), "train.batch_size must be > 0"),
+    Case("NaN learning rate", _set("train.lr=nan"), "train.lr must be a finite number"),
+    Case("infinite noise scale", _set("teacher.sigma_max=inf"),
+         "teacher.sigma_max must be a finite number"),
+    Case("EMA decay above 1", _set("train.ema_decay=1.5"), "train.ema_decay must be in [0, 1]"),
+    Case("Adam beta of 1", _set("train.beta1=1"), "train.beta1 must be in [0, 1)"),
+    Case("zero log interval", _set("train.log_every=0"), "train.log_every must be > 0"),
+    Case("zero UNet multiplier", _set("model.unet.channel_mult=1,0"),
+         "model.unet.channel_mult must be > 0"),
+    Case("unknown Koopman kind", _set("model.koopman=fancy"),
+         "model.koopman must be one of dense, eigen"),
+    Case("unknown sampler", _set("teacher.sampler=rk5"), "teacher.sampler must be one of"),
+    Case("unknown LR schedule", _set("train.lr_schedule=step"),
+         "train.lr_schedule must be one of constant, cosine"),
+    Case("unknown device", lambda w: ["train", "--preset", "checkerboard-tiny", "--pairs",
+                                      w.pairs, "--out", w.p("o"), "--set", "train.device=tpu"],
+         "unknown device 'tpu'"),
+    Case("batch larger than the store", lambda w: [
+        "train", "--preset", "checkerboard-tiny", "--pairs", w.pairs, "--out", w.p("o"),
+        "--set", "train.batch_size=100000"], "batch size 100000 is larger than the 512"),
+    # pair stores
+    Case("store directory missing", _train(lambda w: w.p("nostore")), "pair store not found"),
+    Case("store without manifest", _train(lambda w: w.p("x").mkdir() or w.p("x")),
+         "is not a pair store (no manifest.json)"),
+    Case("empty manifest", _train(lambda w: w.store_shard("manifest.json", b"")),
+         "is not valid JSON"),
+    Case("truncated manifest", _train(lambda w: w.store_shard(
+        "manifest.json", (w.pairs / "manifest.json").read_bytes()[:200])), "is not valid JSON"),
+    Case("garbage manifest", _train(lambda w: w.store_shard("manifest.json", b"\xff\xfe\x00k")),
+         "is not valid JSON"),
+    Case("manifest is a list", _train(lambda w: w.store_shard("manifest.json", b"[1, 2]")),
+         "is not a pair store manifest"),
+    Case("manifest of another format", _train(lambda w: w.store(
+        lambda m: m.update(format="other"))), "format is not 'kdm-pairs'"),
+    Case("manifest from a newer version", _train(lambda w: w.store(
+        lambda m: m.update(version=99))), "format version 99 > 1); upgrade the package"),
+    Case("manifest without a key", _train(lambda w: w.store(lambda m: m.pop("sigma_max"))),
+         "is missing keys ['sigma_max']"),
+    Case("reversed pair order", _train(lambda w: w.store(
+        lambda m: m.update(order=["clean", "noise"]))), "pair order ['clean', 'noise']"),
+    Case("incomplete store", _train(lambda w: w.store(lambda m: m.update(complete=False))),
+         "is incomplete (3 of 3 shards)"),
+    Case("zero count", _train(lambda w: w.store(lambda m: m.update(count=0))),
+         "count 0 and shard_size 200 must be positive integers"),
+    Case("empty shape", _train(lambda w: w.store(lambda m: m.update(shape=[]))),
+         "is inconsistent (shape [])"),
+    Case("unknown dtype", _train(lambda w: w.store(
+        lambda m: m["dtypes"].update(clean="float99"))), "is inconsistent (dtypes"),
+    Case("float labels", _train(lambda w: w.store(
+        lambda m: m["dtypes"].update(label="float32"))), "is inconsistent (dtypes"),
+    Case("complete store without shards", _train(lambda w: w.store(
+        lambda m: m.update(shards=[]))), "the 0 listed shards are not shards 0..2 in order"),
+    Case("shard listed twice", _train(lambda w: w.store(
+        lambda m: m["shards"].insert(1, m["shards"][0]))), "listed shards are not shards"),
+    Case("wrong shard count", _train(lambda w: w.store(
+        lambda m: m["shards"][0].update(count=5))), "shard 0 count 5"),
+    Case("missing shard file", _train(lambda w: w.store_shard("clean-00001.npy", None)),
+         "clean-00001.npy: missing"),
+    Case("bit flip in a shard", _train(lambda w: w.store_shard(
+        "clean-00001.npy", _flip(_clean1(w)))), "clean-00001.npy: sha256"),
+    Case("truncated shard", _train(lambda w: w.store_shard(
+        "noise-00002.npy", (w.pairs / "noise-00002.npy").read_bytes()[:-8])),
+        "noise-00002.npy: sha256"),
+    Case("verify a damaged store", lambda w: ["pairs", "verify", w.store_shard(
+        "clean-00001.npy", _flip(_clean1(w)))], "is damaged, 1 problem(s): clean-00001.npy"),
+    Case("NaN in a shard (checksum updated)", _train(lambda w: w.store_shard(
+        "clean-00001.npy", _nan_shard(w), reseal=True)), "1 non-finite values (NaN/inf)"),
+    Case("shard of the wrong shape (checksum updated)", _train(lambda w: w.store_shard(
+        "clean-00002.npy", npy_bytes(np.zeros((4, 2), np.float32)), reseal=True)),
+        "holds float32 (4, 2) but the manifest says float32 (112, 2)"),
+    Case("garbage shard (checksum updated)", _train(lambda w: w.store_shard(
+        "noise-00000.npy", b"\x93NUMPY garbage", reseal=True)), "is unreadable or truncated"),
+    Case("pickled shard (checksum updated)", _train(lambda w: w.store_shard(
+        "noise-00000.npy", npy_bytes(np.array([{"a": 1}] * 200, dtype=object)), reseal=True)),
+        "is unreadable or truncated"),
+    Case("pairs into a store with other settings", lambda w: [
+        "pairs", "--teacher", w.teacher, "--out", w.store(), "--seed", "99"],
+        "already holds a pair store with other settings (seed 1 vs 99)"),
+    Case("pairs into a foreign directory", lambda w: [
+        "pairs", "--teacher", w.teacher, "--out", w.raw("notes.txt", b"mine").parent],
+        "is not a pair store (it holds"),
+    Case("pairs from a KDM run", lambda w: ["pairs", "--teacher", w.run, "--out", w.p("o")],
+         "is a 'kdm' run, not a teacher"),
+    # runs and checkpoints
+    Case("run directory missing", _sample(lambda w: w.p("norun")), "run directory not found"),
+    Case("run without run.json", _sample(lambda w: w.run_copy(
+        lambda r: (r / "run.json").unlink())), "run metadata not found"),
+    Case("garbage run.json", _sample(lambda w: w.run_copy(
+        lambda r: (r / "run.json").write_bytes(b"{\x00"))), "is not valid JSON"),
+    Case("run from a newer version", _sample(lambda w: w.run_copy(
+        lambda r: edit_json(r / "run.json", lambda d: d.update(format=9)))),
+        "newer koopman-distill (run format 9 > 1)"),
+    Case("unknown run kind", _resume(lambda r: edit_json(
+        r / "run.json", lambda d: d.update(kind="other"))), "unknown run kind 'other'"),
+    Case("unknown key in config.json", _sample(lambda w: w.run_copy(
+        lambda r: edit_json(r / "config.json", lambda d: d["train"].update(bogus=1)))),
+        "unknown key(s) in config.train: 'bogus'"),
+    Case("wrong type in config.json", _sample(lambda w: w.run_copy(
+        lambda r: edit_json(r / "config.json", lambda d: d["train"].update(steps="ten")))),
+        "config.train.steps must be int, got 'ten'"),
+    Case("out-of-range value in config.json", _sample(lambda w: w.run_copy(
+        lambda r: edit_json(r / "config.json", lambda d: d["train"].update(lr=-1.0)))),
+        "train.lr must be > 0"),
+    Case("config changed since the checkpoint", _sample(lambda w: w.run_copy(
+        lambda r: edit_json(r / "config.json", lambda d: d["model"].update(width=48)))),
+        "differs from the checkpoint's in model.width (32 -> 48)"),
+    Case("pointer to a missing checkpoint", _sample(lambda w: w.run_copy(
+        lambda r: (r / "checkpoints" / "latest").write_text("step-00000999\n"))),
+        "names a missing checkpoint step-00000999"),
+    Case("no checkpoint yet", _sample(lambda w: w.run_copy(
+        lambda r: shutil.rmtree(r / "checkpoints"))), "has no checkpoint yet"),
+    Case("truncated weights", _sample(lambda w: w.run_copy(
+        lambda r: (latest(r) / "ema.safetensors").write_bytes(
+            (latest(r) / "ema.safetensors").read_bytes()[:100]))), "cannot read weights"),
+    Case("garbage weights", _sample(lambda w: w.run_copy(
+        lambda r: (latest(r) / "ema.safetensors").write_bytes(b"\x00" * 64))),
+        "cannot read weights"),
+    Case("weights of another model", _sample(lambda w: w.run_copy(
+        lambda r: save_file({"w": torch.zeros(1)}, str(latest(r) / "ema.safetensors")))),
+        "does not match the model (missing: "),
+    Case("garbage trainer state", _resume(
+        lambda r: (latest(r) / "state.pt").write_bytes(b"garbage")), "is not a plain tensor file"),
+    Case("malicious pickle in trainer state", _resume(poisoned_state),
+         "unpickle arbitrary objects, which is refused"),
+    Case("train into an existing run", lambda w: [
+        "train", "--preset", "checkerboard-tiny", "--pairs", w.pairs, "--out", w.run],
+        "already holds a run; use --resume"),
+    Case("train into a non-empty directory", lambda w: [
+        "train", "--preset", "checkerboard-tiny", "--pairs", w.pairs,
+        "--out", w.raw("notes.txt", b"mine").parent], "exists and is not empty"),
+    Case("sample from a teacher run", _sample(lambda w: w.teacher), "is a 'teacher' run, not"),
+    # data arrays
+    Case("noise of the wrong width", _noise(lambda w: w.npy(
+        "n.npy", np.zeros((10, 3), np.float32))), "must have shape (N, 2), got (10, 3)"),
+    Case("1-D noise", _noise(lambda w: w.npy("n.npy", np.zeros(10, np.float32))),
+         "must have shape (N, 2), got (10,)"),
+    Case("0-D noise", _noise(lambda w: w.npy("n.npy", np.float32(1))),
+         "must have shape (N, 2), got ()"),
+    Case("noise with NaN and inf", _noise(lambda w: w.npy("n.npy", _nan_rows())),
+         "has 3 rows with NaN/inf (rows 2, 4, 7)"),
+    Case("noise of strings", _noise(lambda w: w.npy("n.npy", np.array([["a", "b"]]))),
+         "must hold numbers, got dtype <U1"),
+    Case("complex noise", _noise(lambda w: w.npy("n.npy", np.zeros((3, 2), np.complex64))),
+         "must hold numbers, got dtype complex64"),
+    Case("empty noise", _noise(lambda w: w.npy("n.npy", np.zeros((0, 2), np.float32))),
+         "is empty"),
+    Case("pickled object noise", _noise(lambda w: w.npy(
+        "n.npy", np.array([[{}, {}]], dtype=object), allow_pickle=True)),
+        "is not a plain .npy array"),
+    Case("noise in an .npz archive", _noise(lambda w: (
+        np.savez(w.p("n.npz"), x=np.zeros((3, 2))) or w.p("n.npz"))), "is an .npz archive"),
+    Case("truncated noise file", _noise(lambda w: w.raw(
+        "n.npy", npy_bytes(np.zeros((10, 2), np.float32))[:90])),
+        "is not a plain .npy array (EOF"),
+    Case("garbage noise file", _noise(lambda w: w.raw("n.npy", b"hello world")),
+         "is not a plain .npy array"),
+    Case("noise file missing", _noise(lambda w: w.p("none.npy")), "noise file not found"),
+    Case("labels for an unconditional model", _sample(lambda w: w.run, "--class", "3"),
+         "this model is unconditional"),
+    Case("float labels file", lambda w: [*_sample(lambda w: w.run)(w), "--labels", w.npy(
+        "l.npy", np.ones(5, np.float32))], "must hold non-negative integer class ids"),
+    Case("negative labels", lambda w: [*_sample(lambda w: w.run)(w), "--labels", w.npy(
+        "l.npy", -np.ones(5, np.int64))], "must hold non-negative integer class ids"),
+    Case("zero samples", lambda w: ["sample", w.run, "--n", "0", "--out", w.p("o.npy")],
+         "give --n N (>= 1)"),
+    Case("output not .npy", lambda w: ["sample", w.run, "--n", "3", "--out", w.p("o.txt")],
+         "must end in .npy"),
+    Case("teacher data of the wrong width", lambda w: [
+        "teacher", "train", "--preset", "checkerboard-tiny", "--out", w.p("t"),
+        "--data", w.npy("d.npy", np.zeros((10, 3), np.float32))], "must have shape (N, 2)"),
+    Case("teacher data with NaN", lambda w: [
+        "teacher", "train", "--preset", "checkerboard-tiny", "--out", w.p("t"),
+        "--data", w.npy("d.npy", _nan_rows())], "3 rows with NaN/inf"),
+    Case("samples to evaluate with NaN", lambda w: [
+        "eval", "--samples", w.npy("s.npy", _nan_rows())], "3 rows with NaN/inf"),
+    Case("trajectory with NaN", lambda w: [
+        "pairs", "import", w.npy("t.npy", np.stack([_nan_rows()] * 3)), "--out", w.p("o")],
+        "NaN"),
+    Case("trajectory of the wrong rank", lambda w: [
+        "pairs", "import", w.npy("t.npy", np.zeros((10, 2), np.float32)), "--out", w.p("o")],
+        "expected ndim 3"),
+]
+
+
+# -- running a case -----------------------------------------------------------------------------
+def snapshot(*roots: Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``roots``: (mtime_ns, sha256)."""
+    out = {}
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                out[str(p)] = (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+@dataclass
+class Outcome:
+    code: int
+    stderr: str
+    changed: list[str]  # files created, changed or removed
+
+
+def run_case(case: Case, ws: Workspace) -> Outcome:
+    argv = [str(a) for a in case.setup(ws)]
+    roots = (ws.dir, *ws.tiny.values())
+    before = snapshot(*roots)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    after = snapshot(*roots)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    return Outcome(code, err.getvalue(), changed)
+
+
+def short(text: str, ws: Workspace) -> str:
+    """``text`` with the workspace paths replaced by placeholders."""
+    for name, path in sorted({**{k.upper(): v for k, v in ws.tiny.items()},
+                              "DIR": ws.dir}.items(), key=lambda kv: -len(str(kv[1]))):
+        text = text.replace(str(path.resolve()), f"<{name}>").replace(str(path), f"<{name}>")
+    return text
+
+
+def write_doc(rows: list[tuple[str, str]]) -> None:
+    """Replace the section between the markers of docs/reliability.md with ``rows``."""
+    table = ["| # | bad input | error (exit code 2) |", "|---|---|---|"]
+    table += [f"| {i} | {name} | `` {msg.replace('|', chr(92) + '|')} `` |"
+              for i, (name, msg) in enumerate(rows, 1)]
+    text = DOC.read_text()
+    head, rest = text.split(BEGIN)
+    _, tail = rest.split(END)
+    DOC.write_text(f"{head}{BEGIN}\n" + "\n".join(table) + f"\n{END}{tail}")
+
+
+def _generate() -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_tiny
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = make_tiny(Path(tmp) / "tiny")
+        rows = []
+        for i, case in enumerate(CASES):
+            ws = Workspace(Path(tmp) / f"case{i}", tiny)
+            out = run_case(case, ws)
+            line = out.stderr.strip()
+            ok = out.code == 2 and case.expect in line and not out.changed
+            rows.append((case.name, short(line, ws)))
+            print(f"{'ok ' if ok else 'BAD'} {case.name}: {short(line, ws)}")
+    write_doc(rows)
+    print(f"{len(rows)} cases written to {DOC}")
+
+
+if __name__ == "__main__":
+    _generate()
