@@ -235,4 +235,4 @@ def test_demo_runs_reuses_stages_and_guards_settings(tmp_path, capsys):
     assert kdm(*args) == 0
     second = capsys.readouterr().out
     assert "[teacher] reusing" in second and "[kdm] reusing" in second
-    one_line_error(kdm_proc(*args, "--set", "teacher.width=48"), "other settings")
+    one_line_error(kdm_proc(*args, "--set", "teacher.width=48"), "other teacher settings")

@@ -91,10 +91,10 @@ def test_failing_write_leaves_no_partial_file(tmp_path, board, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(Figure, "savefig", broken_savefig)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(KDMError, match="disk full; nothing was changed"):
         plots.scatter_compare({"x": board}, out)
     assert out.read_bytes() == b"old"  # the previous file is untouched
-    with pytest.raises(OSError):
+    with pytest.raises(KDMError):
         plots.spectrum({"K": np.array([0.5j])}, tmp_path / "new.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scatter.png"]
 
