@@ -24,7 +24,7 @@ import torch
 
 from .analysis import plots
 from .api import OneStepGenerator, load_teacher, make_pairs, train_kdm, train_teacher
-from .config import Config, apply_overrides, preset
+from .config import BENCH_SUITES, Config, apply_overrides, preset
 from .demo import _markdown, run_stage
 from .errors import KDMError
 from .io import atomic_write, write_json
@@ -36,16 +36,14 @@ STUDENTS = ("kdm", "kd", "rectified")
 TEACHER_NFES = (1, 2, 4, 8, 16)
 RECTIFIED_STEPS = (1, 2, 4)
 # suite -> (full preset, --quick preset); --quick runs the same code at toy budgets
-SUITES = {"checkerboard": ("checkerboard-demo", "checkerboard-tiny"),
-          "fashion16": ("fashion16-cond", "digits8")}
 Sampler = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def suite_config(suite: str, quick: bool = False, overrides: list[str] | None = None) -> Config:
     """The config a suite trains every method with."""
-    if suite not in SUITES:
-        raise KDMError(f"unknown bench suite {suite!r}; choose one of: {', '.join(SUITES)}")
-    return apply_overrides(preset(SUITES[suite][quick]), overrides or [])
+    if suite not in BENCH_SUITES:
+        raise KDMError(f"unknown bench suite {suite!r}; choose one of: {', '.join(BENCH_SUITES)}")
+    return apply_overrides(preset(BENCH_SUITES[suite][quick]), overrides or [])
 
 
 def run_bench(suite: str, out: str | Path, quick: bool = False,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, apply_overrides, preset
+from .config import BENCH_SUITES, Config, apply_overrides, preset
 from .errors import KDMError
 from .io import atomic_write, write_json
 
@@ -310,12 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
         if a.dest == "preset":
             a.default = "checkerboard-demo"
 
-    from .bench import SUITES
-
     s = sub.add_parser("bench", help="KDM vs the kd and rectified baselines and the teacher "
                        "at several NFE, trained on the same pairs and measured in one run",
                        epilog=EPILOG)
-    s.add_argument("suite", choices=list(SUITES), help="checkerboard (2-D) or fashion16 "
+    s.add_argument("suite", choices=list(BENCH_SUITES), help="checkerboard (2-D) or fashion16 "
                    "(class-conditional Fashion-MNIST 16x16)")
     s.add_argument("--out", required=True, help="output directory (stages in it are reused)")
     s.add_argument("--quick", action="store_true", help="toy budgets (seconds), for a smoke "

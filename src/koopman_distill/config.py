@@ -419,6 +419,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# `kdm bench` suites: the preset of the full run and the preset of `--quick`.
+BENCH_SUITES = {"checkerboard": ("checkerboard-demo", "checkerboard-tiny"),
+                "fashion16": ("fashion16-cond", "digits8")}
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any], where: str) -> None:
     for k, v in over.items():
         if k not in base:
