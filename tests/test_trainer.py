@@ -66,6 +66,20 @@ def test_resume_is_bitwise_identical(tmp_path):
     assert losses(tmp_path / "full") == losses(tmp_path / "part")
 
 
+def test_deterministic_mode_switches_kernels_and_keeps_cpu_results(tmp_path):
+    try:
+        det = make(tmp_path / "det", deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        det.fit()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    plain = make(tmp_path / "plain")
+    plain.fit()
+    for a, b in zip(det.model.state_dict().values(), plain.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+
+
 def test_checkpoints_keep_and_pointer(tmp_path):
     t = make(tmp_path, keep_checkpoints=2)
     t.fit()

@@ -136,7 +136,8 @@ class TrainConfig:
     ``batch_size / N`` rows of it, in ``micro_batch``-row pieces whose gradients are accumulated,
     so results do not depend on N. The speed options (``precision``, ``channels_last``,
     ``compile``, ``prefetch``) are off by default; on a GPU try bf16, channels_last (images),
-    compile and prefetch 2.
+    compile and prefetch 2. ``deterministic`` makes a GPU run (and its resume) repeat bitwise,
+    at some speed cost.
     """
 
     steps: int = 20_000
@@ -162,6 +163,7 @@ class TrainConfig:
     channels_last: bool = False  # images: NHWC memory layout (faster convolutions on GPUs)
     compile: bool = False  # torch.compile each network (pays off on GPUs for long runs)
     prefetch: int = 0  # batches loaded ahead in a background thread (0 = off)
+    deterministic: bool = False  # deterministic kernels only (GPU; CPU runs already are)
 
 
 @dataclass

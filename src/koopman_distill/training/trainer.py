@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -71,6 +72,14 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     raise KDMError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose constant or cosine")
 
 
+def use_deterministic_kernels() -> None:
+    """Make CUDA computations repeat bitwise: deterministic algorithms only (an op without one
+    raises), no cuDNN autotuning, and a fixed cuBLAS workspace (read when cuBLAS starts)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def compile_networks(model: nn.Module) -> None:
     """``torch.compile`` the forward of each direct submodule with parameters, in place (the
     model's own ``loss`` stays eager, so its logging does not break the graphs)."""
@@ -105,6 +114,8 @@ class Trainer:
             raise KDMError("train.micro_batch and train.prefetch must be >= 0")
         if cfg.micro_batch:
             _micro_batches(cfg.batch_size // world_size(), cfg.micro_batch)
+        if cfg.deterministic:
+            use_deterministic_kernels()
         layout = torch.channels_last if cfg.channels_last else torch.preserve_format
         self.model, self.cfg, self.world = model.to(device, memory_format=layout), cfg, world_size()
         self.run_dir, self.evaluate, self.device = Path(run_dir), evaluate, torch.device(device)
