@@ -48,12 +48,15 @@ def test_cli_reuses_stages_and_rejects_unknown_suite(tmp_path, capsys):
     assert quality == [{k: v for k, v in r.items()
                         if k not in ("samples_per_s", "speedup_vs_teacher")}
                        for r in second["rows"]]
-    # evaluation settings may change between runs; training settings may not
+    # evaluation settings and the trainer's bookkeeping may change between runs; training
+    # settings may not
     assert main(["bench", "checkerboard", "--quick", "--out", str(out),
-                 "--set", "eval.n=256"]) == 0
+                 "--set", "eval.n=256", "--set", "train.progress=true",
+                 "--set", "train.log_every=1"]) == 0
     assert "[kdm] reusing" in capsys.readouterr().out
     assert main(["bench", "checkerboard", "--quick", "--out", str(out),
                  "--set", "train.lr=0.1"]) == 2
-    assert "was made with other train settings than these" in capsys.readouterr().err
+    assert ("was made with other train settings than these (train.lr 0.0003 -> 0.1)"
+            in capsys.readouterr().err)
     assert main(["bench", "cifar", "--quick", "--out", str(out)]) == 2
     assert "invalid choice: 'cifar'" in capsys.readouterr().err

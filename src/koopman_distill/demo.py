@@ -7,6 +7,7 @@ resumed when interrupted), so a second run only re-evaluates.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -18,19 +19,34 @@ from .evaluate import evaluate_run
 from .training.checkpoint import latest_checkpoint
 
 # The config sections that decide a stage's result: other settings (evaluation, say) may
-# change between runs without invalidating it.
+# change between runs without invalidating it, and so may the trainer's bookkeeping fields.
 STAGE_SECTIONS = {"teacher": ("data", "teacher", "teacher_train"),
                   "kdm": ("data", "teacher", "teacher_train", "pairs", "model", "train")}
+BOOKKEEPING = ("progress", "log_every", "eval_every", "ckpt_every", "keep_checkpoints",
+               "max_nonfinite", "prefetch")
+
+
+def _result_settings(cfg: Config, kind: str) -> dict[str, Any]:
+    """``{"section.field": value}`` of the settings that decide a ``kind`` stage's result."""
+    flat = {}
+    for section in STAGE_SECTIONS[kind]:
+        for name, value in dataclasses.asdict(getattr(cfg, section)).items():
+            if not (section.endswith("train") and name in BOOKKEEPING):
+                flat[f"{section}.{name}"] = value
+    return flat
 
 
 def _finished(run: Path, want: Config) -> bool:
     if not (run / "run.json").exists():
         return False
     cfg, meta = read_run(run)
-    differ = [s for s in STAGE_SECTIONS[meta["kind"]] if getattr(cfg, s) != getattr(want, s)]
+    have, need = _result_settings(cfg, meta["kind"]), _result_settings(want, meta["kind"])
+    differ = [k for k in have if have[k] != need[k]]
     if differ:
-        raise KDMError(f"{run} was made with other {', '.join(differ)} settings than these; "
-                       "pick another --out or delete it")
+        sections = sorted({k.split(".")[0] for k in differ}, key=STAGE_SECTIONS["kdm"].index)
+        changes = ", ".join(f"{k} {have[k]!r} -> {need[k]!r}" for k in differ[:4])
+        raise KDMError(f"{run} was made with other {', '.join(sections)} settings than these "
+                       f"({changes}); pick another --out or delete it")
     steps = cfg.teacher_train.steps if meta["kind"] == "teacher" else cfg.train.steps
     ckpt = latest_checkpoint(run)
     return ckpt is not None and int(ckpt.name.split("-")[1]) >= steps
