@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import kdm, kdm_proc, read_json
 
 from koopman_distill.api import load_run
@@ -116,6 +117,28 @@ def test_resume_after_killed_train(tiny, tmp_path):
     steps = [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
              if "loss" in r]
     assert steps == list(range(5, 3001, 5))  # no gap, no duplicate after the resume
+
+
+def test_train_init_starts_from_another_runs_ema(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    src = tiny["kdm"] / "checkpoints" / "step-00000020" / "ema.safetensors"
+    args = ["train", "--preset", "checkerboard-tiny", "--pairs", tiny["pairs"],
+            "--set", "train.steps=2", "--set", "train.warmup=0"]
+    # lr 1e-30 (below float32 resolution): the weights stay the source run's EMA weights
+    assert kdm(*args, "--out", tmp_path / "ft", "--set", f"train.init={tiny['kdm']}",
+               "--set", "train.lr=1e-30") == 0
+    got = load_file(tmp_path / "ft" / "checkpoints" / "step-00000002" / "model.safetensors")
+    want = load_file(src)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert read_json(tmp_path / "ft" / "config.json")["train"]["init"] == str(tiny["kdm"])
+
+    one_line_error(kdm_proc(*args, "--out", tmp_path / "none", "--set",
+                            f"train.init={tmp_path / 'missing'}"), "holds no checkpoint")
+    one_line_error(kdm_proc(*args, "--out", tmp_path / "wide", "--set", "model.width=48",
+                            "--set", f"train.init={tiny['kdm']}"),
+                   "does not match the model", "shape differs")
+    assert not (tmp_path / "none").exists() and not (tmp_path / "wide").exists()
 
 
 def one_line_error(proc, *needles):

@@ -146,10 +146,22 @@ def train_teacher(cfg: Config, out: str | Path) -> Path:
     return _fit_teacher(cfg, meta, Path(out), tensors, resume=False)
 
 
+def init_weights(model: torch.nn.Module, run: str | Path) -> None:
+    """Start ``model`` from the EMA weights of ``run``'s latest checkpoint (``train.init``:
+    fine-tuning with other settings; the optimizer starts fresh)."""
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise KDMError(f"train.init {run} holds no checkpoint; give a run directory that has "
+                       "trained at least to its first checkpoint")
+    load_into(model, load_weights(ckpt / "ema.safetensors"), ckpt)
+
+
 def _fit_teacher(cfg: Config, meta: dict[str, Any], out: Path,
                  tensors: dict[str, torch.Tensor], resume: bool) -> Path:
     seed_everything(cfg.teacher_train.seed)
     model = build_teacher(cfg, meta)
+    if cfg.teacher_train.init and not resume:
+        init_weights(model, cfg.teacher_train.init)
     data = TensorBatches(tensors, rank_batch_size(cfg.teacher_train.batch_size),
                          cfg.teacher_train.seed, rank(), world_size())
     trainer = Trainer(model, data, cfg.teacher_train, out,
@@ -273,6 +285,8 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
              pairs: dict[str, torch.Tensor] | PairStore, resume: bool) -> Path:
     seed_everything(cfg.train.seed)
     model = build_kdm(cfg, meta)
+    if cfg.train.init and not resume:
+        init_weights(model, cfg.train.init)
     device = resolve_device(cfg.train.device)
     if isinstance(pairs, PairStore):  # images: streamed from the store
         data = image_api.StoreBatches(pairs, rank_batch_size(cfg.train.batch_size),

@@ -164,6 +164,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile each network (pays off on GPUs for long runs)
     prefetch: int = 0  # batches loaded ahead in a background thread (0 = off)
     deterministic: bool = False  # deterministic kernels only (GPU; CPU runs already are)
+    init: str = ""  # a run whose EMA weights start this one (fine-tuning); "" = fresh weights
 
 
 @dataclass
