@@ -259,3 +259,14 @@ def test_demo_runs_reuses_stages_and_guards_settings(tmp_path, capsys):
     second = capsys.readouterr().out
     assert "[teacher] reusing" in second and "[kdm] reusing" in second
     one_line_error(kdm_proc(*args, "--set", "teacher.width=48"), "other teacher settings")
+
+
+def test_version_matches_the_installed_package():
+    from importlib.metadata import version
+
+    import koopman_distill
+
+    proc = kdm_proc("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"kdm {version('koopman-distill')}" == \
+        f"kdm {koopman_distill.__version__}"

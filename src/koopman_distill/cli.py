@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .config import BENCH_SUITES, Config, apply_overrides, preset
 from .errors import KDMError
 from .io import atomic_write, write_json
@@ -226,6 +227,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kdm", description="Koopman distillation: one-step generators from "
                 "diffusion and flow-matching teachers.", epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"kdm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
                            metavar="{config,teacher,pairs,train,sample,eval,demo,bench}")
 
