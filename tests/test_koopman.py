@@ -8,7 +8,7 @@ import torch
 from koopman_distill.config import ModelConfig
 from koopman_distill.errors import KDMError
 from koopman_distill.models import KDM, DenseKoopman, EigenKoopman
-from koopman_distill.models.kdm import distance
+from koopman_distill.models.kdm import distance, latent_noise
 
 
 def test_dense_matrix_and_bias():
@@ -97,3 +97,17 @@ def test_kdm_sample_scale():
     noise, x = model.sample(4000, torch.Generator().manual_seed(0))
     assert noise.std().item() == pytest.approx(80.0, rel=0.05)
     assert x.shape == (4000, 2)
+
+
+def test_latent_noise_schedule():
+    constant = ModelConfig(sigma_z=0.4)
+    assert [latent_noise(constant, t) for t in (0.0, 0.5, 1.0)] == [0.4, 0.4, 0.4]
+    cosine = ModelConfig(sigma_z=0.4, sigma_z_schedule="cosine")
+    got = [latent_noise(cosine, t) for t in (0.0, 0.25, 0.5, 1.0)]
+    assert got == pytest.approx([0.4, 0.2 * (1 + math.sqrt(0.5)), 0.2, 0.0], abs=1e-12)
+    model = KDM(2, cosine)
+    batch = {"noise": torch.randn(32, 2), "clean": torch.randn(32, 2)}
+    model.set_progress(1.0)  # no latent noise left: the loss is deterministic
+    assert model.loss(batch)[0] == model.loss(batch)[0]
+    model.set_progress(0.0)
+    assert model.loss(batch)[0] != model.loss(batch)[0]

@@ -23,9 +23,10 @@ def pairs(n=512):
     return {"noise": x_T, "clean": torch.tanh(2 * x_T) * 3}
 
 
-def make(run_dir, evaluate=None, steps=24, **kw):
+def make(run_dir, evaluate=None, steps=24, sigma_z_schedule="constant", **kw):
     seed_everything(0)
-    model = KDM(2, ModelConfig(width=16, depth=2, latent_dim=8))
+    model = KDM(2, ModelConfig(width=16, depth=2, latent_dim=8,
+                               sigma_z_schedule=sigma_z_schedule))
     cfg = TrainConfig(steps=steps, batch_size=64, lr=1e-3, lr_schedule="cosine", warmup=3,
                       ema_decay=0.99, log_every=4, eval_every=8, ckpt_every=8,
                       progress=False, **kw)
@@ -36,8 +37,10 @@ class Crash(Exception):
     pass
 
 
-def test_resume_is_bitwise_identical(tmp_path):
-    full = make(tmp_path / "full", evaluate=lambda m, s: {"s": float(s)})
+@pytest.mark.parametrize("sigma_z_schedule", ["constant", "cosine"])
+def test_resume_is_bitwise_identical(tmp_path, sigma_z_schedule):
+    full = make(tmp_path / "full", evaluate=lambda m, s: {"s": float(s)},
+                sigma_z_schedule=sigma_z_schedule)
     full.fit()
 
     def crash_after_16(model, step):  # checkpoints are at 8, 16, 24: die at step 20
@@ -45,12 +48,13 @@ def test_resume_is_bitwise_identical(tmp_path):
             raise Crash
         return {"s": float(step)}
 
-    part = make(tmp_path / "part", evaluate=crash_after_16)
+    part = make(tmp_path / "part", evaluate=crash_after_16, sigma_z_schedule=sigma_z_schedule)
     part.cfg.eval_every = 4
     with pytest.raises(Crash):
         part.fit()
     assert latest_checkpoint(tmp_path / "part").name == "step-00000016"
-    resumed = make(tmp_path / "part", evaluate=lambda m, s: {"s": float(s)})
+    resumed = make(tmp_path / "part", evaluate=lambda m, s: {"s": float(s)},
+                   sigma_z_schedule=sigma_z_schedule)
     assert resumed.resume() and resumed.step == 16
     resumed.fit()
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(),
@@ -152,3 +156,12 @@ def test_batches_resume_and_cover():
     assert sorted(both.tolist()) == list(range(12))
     with pytest.raises(KDMError, match="batch size 20 is larger than the 10 examples"):
         TensorBatches({"i": torch.arange(10)}, 20)
+
+
+def test_trainer_reports_progress_to_the_latent_noise_schedule(tmp_path):
+    seen = []
+    t = make(tmp_path, steps=8, sigma_z_schedule="cosine")
+    loss = t.model.loss
+    t.model.loss = lambda batch: (seen.append(t.model.progress), loss(batch))[1]
+    t.fit()
+    assert seen == [s / 8 for s in range(8)]

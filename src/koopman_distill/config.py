@@ -110,6 +110,7 @@ class ModelConfig:
     koopman: str = "dense"  # dense | eigen
     koopman_bias: bool = True  # dense only: K z + b
     sigma_z: float = 0.4  # latent noise during training
+    sigma_z_schedule: str = "constant"  # constant | cosine (decays to 0 by the last step)
     distance: str = "l2"  # l2 | pseudo_huber | lpips (images)
     huber_c: float = 0.03
     w_latent: float = 1.0
@@ -278,7 +279,8 @@ _CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
     TeacherConfig: {"kind": ("flow", "edm"), "sampler": ("euler", "midpoint", "heun", "rk4")},
     PairsConfig: {"clean_dtype": ("float32", "float16")},
     ModelConfig: {"koopman": ("dense", "eigen"), "distance": ("l2", "pseudo_huber", "lpips"),
-                  "spectrum_target": ("disk", "circle")},
+                  "spectrum_target": ("disk", "circle"),
+                  "sigma_z_schedule": ("constant", "cosine")},
     TrainConfig: {"lr_schedule": ("constant", "cosine")},
     EvalConfig: {"extractor": ("classifier", "effnet", "inception")},
 }

@@ -3,7 +3,8 @@
 Networks: noise encoder ``E_T``, clean encoder ``E_0``, decoder ``D`` (MLPs) and a linear
 Koopman operator ``K`` on the latent. One-step generation is ``x_0 = D(K(E_T(x_T)))``.
 
-Training loss on a pair batch ``(x_T, x_0)`` (latent noise ``σ_z``, fresh each step)::
+Training loss on a pair batch ``(x_T, x_0)`` (latent noise ``σ_z``, fresh each step; with
+``sigma_z_schedule`` cosine it decays from ``sigma_z`` to 0 over training)::
 
     z_0 = E_0(x_0),  z_T = E_T(x_T)
     ẑ_0 = K(z_T + σ_z ε_T)                      # pushed latent
@@ -16,6 +17,8 @@ The noise input is divided by ``sigma_max`` so E_T always sees unit-variance noi
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -38,7 +41,23 @@ def distance(a: torch.Tensor, b: torch.Tensor, kind: str, c: float = 0.03) -> to
     raise KDMError(f"unknown distance {kind!r}; choose l2 or pseudo_huber")
 
 
-class KDM(nn.Module):
+def latent_noise(cfg: ModelConfig, progress: float) -> float:
+    """σ_z at training progress ``progress`` in [0, 1]: ``sigma_z``, or cosine-decayed to 0."""
+    if cfg.sigma_z_schedule == "cosine":
+        return 0.5 * cfg.sigma_z * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.sigma_z
+
+
+class TrainingProgress:
+    """Mixin: the fraction of training done, which the trainer sets before each step."""
+
+    progress = 0.0
+
+    def set_progress(self, fraction: float) -> None:
+        self.progress = fraction
+
+
+class KDM(TrainingProgress, nn.Module):
     """KDM on vectors: x_T, x_0 are (B, dim); latents are (B, latent_dim)."""
 
     def __init__(self, dim: int, cfg: ModelConfig, sigma_max: float = 1.0):
@@ -65,8 +84,9 @@ class KDM(nn.Module):
         x_T, x_0 = batch["noise"], batch["clean"]
         z_0 = self.E_0(x_0)
         z_T = self.E_T(x_T / self.sigma_max)
-        z_push = self.K(z_T + cfg.sigma_z * rng.randn_like(z_T))
-        x_rec = self.D(z_0 + cfg.sigma_z * rng.randn_like(z_0))
+        sigma_z = latent_noise(cfg, self.progress)
+        z_push = self.K(z_T + sigma_z * rng.randn_like(z_T))
+        x_rec = self.D(z_0 + sigma_z * rng.randn_like(z_0))
         x_push = self.D(z_push)
         terms = {
             "latent": (z_push - z_0).square().mean(),

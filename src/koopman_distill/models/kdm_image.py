@@ -28,7 +28,7 @@ from ..config import ModelConfig
 from ..errors import KDMError
 from ..training import rng
 from .discriminator import PatchDiscriminator
-from .kdm import distance
+from .kdm import TrainingProgress, distance, latent_noise
 from .koopman import build_koopman
 from .unet import ProjectedDecoder, ProjectedEncoder, UNet
 
@@ -53,7 +53,7 @@ def image_distance(cfg: ModelConfig) -> Distance:
     return lambda a, b: lpips.to(a.device)(a, b).mean()
 
 
-class ImageKDM(nn.Module):
+class ImageKDM(TrainingProgress, nn.Module):
     """KDM on images ``(B, C, R, R)``; labels are int64 class ids ``(B,)`` when conditional."""
 
     def __init__(self, shape: tuple[int, int, int], cfg: ModelConfig, sigma_max: float,
@@ -123,8 +123,9 @@ class ImageKDM(nn.Module):
         y = self._onehot(batch.get("label"), len(x_0))
         z_0 = self.encode_clean(x_0, y)
         z_T = self.encode_noise(x_T, y)
-        z_push = self.koopman(z_T + cfg.sigma_z * rng.randn_like(z_T), y)
-        x_rec = self.decode(z_0 + cfg.sigma_z * rng.randn_like(z_0), y)
+        sigma_z = latent_noise(cfg, self.progress)
+        z_push = self.koopman(z_T + sigma_z * rng.randn_like(z_T), y)
+        x_rec = self.decode(z_0 + sigma_z * rng.randn_like(z_0), y)
         x_push = self.decode(z_push, y)
         terms = {"latent": (z_push - z_0).square().mean(),
                  "rec": self._distance(x_rec, x_0),

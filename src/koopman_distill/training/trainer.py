@@ -231,6 +231,8 @@ class Trainer:
         self.model.train()
         while self.step < cfg.steps:
             batch = {k: self._to_device(v) for k, v in next(self.data).items()}
+            if hasattr(self.model, "set_progress"):  # e.g. KDM's latent-noise schedule
+                self.model.set_progress(self.step / cfg.steps)
             lr = lr_at(cfg, self.step)
             for opt in (self.opt, self.critic_opt):
                 for group in opt.param_groups if opt else ():
