@@ -379,7 +379,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"n": 200_000},
         "teacher_train": {"steps": 8000, "batch_size": 1024, "lr": 8e-3, "ckpt_every": 2000},
         "pairs": {"n": 20_000},
-        "model": _KDM_CHECKERBOARD,
+        # Weaker latent alignment and a decaying latent noise: +0.003 inside-squares rate over
+        # the paper's settings on every one of 3 seeds at this budget (docs/benchmarks.md).
+        "model": {**_KDM_CHECKERBOARD, "w_latent": 0.1, "sigma_z_schedule": "cosine"},
         "train": {**_TRAIN_CHECKERBOARD, "steps": 12_000, "eval_every": 3000,
                   "ckpt_every": 3000},
         "eval": {"n": 10_000},
