@@ -60,3 +60,29 @@ def test_cli_reuses_stages_and_rejects_unknown_suite(tmp_path, capsys):
             in capsys.readouterr().err)
     assert main(["bench", "cifar", "--quick", "--out", str(out)]) == 2
     assert "invalid choice: 'cifar'" in capsys.readouterr().err
+
+
+def test_cli_preset_picks_the_budget_on_the_suites_data(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["bench", "checkerboard", "--quick", "--out", str(out)]) == 0
+    quick = json.loads((out / "bench.json").read_text())
+    capsys.readouterr()
+    # --quick is the suite's toy preset: naming it runs the same config, so every stage is reused
+    assert main(["bench", "checkerboard", "--preset", "checkerboard-tiny", "--out",
+                 str(out)]) == 0
+    assert "[kd] reusing" in capsys.readouterr().out
+    named = json.loads((out / "bench.json").read_text())
+    assert named["preset"] == quick["preset"] == "checkerboard-tiny"
+    inside = [[r["inside_fraction"] for r in res["rows"]] for res in (named, quick)]
+    assert inside[0] == inside[1]
+    fresh = tmp_path / "fresh"
+    assert main(["bench", "checkerboard", "--preset", "fashion16-cond", "--out",
+                 str(fresh)]) == 2
+    err = capsys.readouterr().err
+    assert ("preset 'fashion16-cond' is not on the checkerboard suite's data; choose one of: "
+            "checkerboard, checkerboard-demo, checkerboard-tiny") in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["bench", "checkerboard", "--quick", "--preset", "checkerboard", "--out",
+                 str(fresh)]) == 2
+    assert "drop --preset or --quick" in capsys.readouterr().err
+    assert not fresh.exists()

@@ -24,7 +24,7 @@ import torch
 
 from .analysis import plots
 from .api import OneStepGenerator, load_teacher, make_pairs, train_kdm, train_teacher
-from .config import BENCH_SUITES, Config, apply_overrides, preset
+from .config import BENCH_SUITES, PRESETS, Config, apply_overrides, preset
 from .demo import _markdown, run_stage
 from .errors import KDMError
 from .io import atomic_write, write_json
@@ -35,23 +35,39 @@ from .training.trainer import read_log
 STUDENTS = ("kdm", "kd", "rectified")
 TEACHER_NFES = (1, 2, 4, 8, 16)
 RECTIFIED_STEPS = (1, 2, 4)
-# suite -> (full preset, --quick preset); --quick runs the same code at toy budgets
 Sampler = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def suite_config(suite: str, quick: bool = False, overrides: list[str] | None = None) -> Config:
-    """The config a suite trains every method with."""
+def suite_presets(suite: str) -> list[str]:
+    """The presets a suite can run: those on the same data as its default preset."""
     if suite not in BENCH_SUITES:
         raise KDMError(f"unknown bench suite {suite!r}; choose one of: {', '.join(BENCH_SUITES)}")
-    return apply_overrides(preset(BENCH_SUITES[suite][quick]), overrides or [])
+    source = preset(BENCH_SUITES[suite][0]).data.source
+    return [name for name in PRESETS if preset(name).data.source == source]
+
+
+def suite_config(suite: str, quick: bool = False, overrides: list[str] | None = None,
+                 preset_name: str | None = None) -> Config:
+    """The config a suite trains every method with: its default preset (``--quick``: its toy
+    preset), or ``preset_name``, which must be on the suite's data."""
+    names = suite_presets(suite)
+    if preset_name is None:
+        preset_name = BENCH_SUITES[suite][quick]
+    elif quick:
+        raise KDMError("--quick picks the suite's toy preset; drop --preset or --quick")
+    elif preset_name not in names:
+        raise KDMError(f"preset {preset_name!r} is not on the {suite} suite's data; "
+                       f"choose one of: {', '.join(names)}")
+    return apply_overrides(preset(preset_name), overrides or [])
 
 
 def run_bench(suite: str, out: str | Path, quick: bool = False,
               overrides: list[str] | None = None, teacher: str | Path | None = None,
-              pairs: str | Path | None = None) -> dict[str, Any]:
+              pairs: str | Path | None = None, preset_name: str | None = None
+              ) -> dict[str, Any]:
     """Train the teacher (or reuse ``teacher``), make pairs (or reuse ``pairs``), train every
     student, evaluate all side by side; returns the result written to ``out/bench.json``."""
-    cfg = suite_config(suite, quick, overrides)
+    cfg = suite_config(suite, quick, overrides, preset_name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -217,7 +217,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import bench_markdown, run_bench
 
     result = run_bench(args.suite, args.out, quick=args.quick, overrides=args.set or [],
-                       teacher=args.teacher, pairs=args.pairs)
+                       teacher=args.teacher, pairs=args.pairs, preset_name=args.preset)
     print("\n" + bench_markdown(result))
     print(f"results: {Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.md'}, "
           f"{result['plot']}")
@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "test; the image suite then uses the 8x8 digits")
     s.add_argument("--teacher", help="reuse this teacher run instead of training one")
     s.add_argument("--pairs", help="reuse this pair store (its teacher must be on this machine)")
+    s.add_argument("--preset", help="budget preset on the suite's data (default: checkerboard-"
+                   "demo / fashion16-cond; e.g. checkerboard for the full 2-D budget)")
     _add_config_args(s, with_preset=False)
     s.set_defaults(fn=cmd_bench)
     return p
