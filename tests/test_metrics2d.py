@@ -101,6 +101,10 @@ def test_paired_error_closed_form():
     assert err["mse"] == pytest.approx(sq.mean() / 2)
     assert err["rmse_per_sample"] == pytest.approx(np.sqrt(sq.mean()))
     assert err["max_sq_error_per_sample"] == pytest.approx(25.0)
+    assert err["median_sq_error_per_sample"] == pytest.approx(2.5)
+    # sample standard deviation of (25, 0, 1, 4) over sqrt(4)
+    assert err["sq_error_per_sample_se"] == pytest.approx(np.sqrt(417 / 3) / 2)
+    assert np.isnan(paired_error(pred[:1], target[:1])["sq_error_per_sample_se"])
     with pytest.raises(KDMError, match="same shape"):
         paired_error(pred[:3], target)
 

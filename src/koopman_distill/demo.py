@@ -121,9 +121,11 @@ def results_table(result: dict[str, Any]) -> str:
         if r is None:
             continue
         paired = r.get("paired_sq_error_per_sample")
+        se = r.get("paired_sq_error_per_sample_se")
         rows.append((name, str(r["nfe"]), f"{r['inside_fraction']:.4f}",
                      f"{r['sliced_wasserstein']:.4f}", f"{r['energy_distance']:.5f}",
-                     "-" if paired is None else f"{paired:.2e}",
+                     "-" if paired is None else f"{paired:.2e}"
+                     + ("" if se is None else f" ± {se:.1e}"),
                      f"{r['samples_per_s']:,.0f}",
                      f"{timings[stage]:.0f}" if stage in timings else "-"))
     return _markdown(rows)

@@ -133,8 +133,10 @@ def paired_error(pred: Any, target: Any) -> dict[str, float]:
     """Errors between paired points (same noise), pred and target of equal shape (N, D).
 
     Returns ``mse`` (mean over all N * D coordinates of the squared error),
-    ``sq_error_per_sample`` (mean over samples of ||pred - target||^2),
-    ``rmse_per_sample`` (its square root) and ``max_sq_error_per_sample``.
+    ``sq_error_per_sample`` (mean over samples of ||pred - target||^2), its standard error
+    ``sq_error_per_sample_se`` (the per-sample error is heavy-tailed when a few points land
+    in another mode, so the mean is uncertain even at large N), ``rmse_per_sample`` (the
+    square root of the mean), ``median_sq_error_per_sample`` and ``max_sq_error_per_sample``.
     """
     p, t = as_points(pred, "pred"), as_points(target, "target")
     if p.shape != t.shape:
@@ -144,7 +146,10 @@ def paired_error(pred: Any, target: Any) -> dict[str, float]:
     return {
         "mse": mean_sq / p.shape[1],
         "sq_error_per_sample": mean_sq,
+        "sq_error_per_sample_se": float(np.std(sq, ddof=1) / np.sqrt(len(sq))) if len(sq) > 1
+        else float("nan"),
         "rmse_per_sample": float(np.sqrt(mean_sq)),
+        "median_sq_error_per_sample": float(np.median(sq)),
         "max_sq_error_per_sample": float(np.max(sq)),
     }
 
