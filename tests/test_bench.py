@@ -1,6 +1,7 @@
 """``kdm bench --quick``: every suite end to end at toy budgets, rows, reports and reuse."""
 
 import json
+import shutil
 
 import pytest
 
@@ -58,6 +59,12 @@ def test_cli_reuses_stages_and_rejects_unknown_suite(tmp_path, capsys):
                  "--set", "train.lr=0.1"]) == 2
     assert ("was made with other train settings than these (train.lr 0.0003 -> 0.1)"
             in capsys.readouterr().err)
+    # KDM's own loss settings do not touch the baselines: only the KDM stage is retrained
+    shutil.rmtree(out / "kdm")
+    assert main(["bench", "checkerboard", "--quick", "--out", str(out),
+                 "--set", "model.w_latent=0.5", "--set", "model.sigma_z_schedule=cosine"]) == 0
+    log = capsys.readouterr().out
+    assert "[kdm] -> " in log and "[kd] reusing" in log and "[rectified] reusing" in log
     assert main(["bench", "cifar", "--quick", "--out", str(out)]) == 2
     assert "invalid choice: 'cifar'" in capsys.readouterr().err
 

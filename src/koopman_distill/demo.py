@@ -16,6 +16,7 @@ from .api import make_pairs, read_run, resume_run, train_kdm, train_teacher
 from .config import Config
 from .errors import KDMError
 from .evaluate import evaluate_run
+from .models.baselines import KDM_LOSS_FIELDS
 from .training.checkpoint import latest_checkpoint
 
 # The config sections that decide a stage's result: other settings (evaluation, say) may
@@ -28,12 +29,14 @@ BOOKKEEPING = ("progress", "log_every", "eval_every", "ckpt_every", "keep_checkp
 
 def _result_settings(cfg: Config, kind: str) -> dict[str, Any]:
     """``{"section.field": value}`` of the settings that decide a ``kind`` stage's result."""
-    flat = {}
-    for section in STAGE_SECTIONS[kind]:
-        for name, value in dataclasses.asdict(getattr(cfg, section)).items():
-            if not (section.endswith("train") and name in BOOKKEEPING):
-                flat[f"{section}.{name}"] = value
-    return flat
+    ignored = {f"train.{name}" for name in BOOKKEEPING}
+    ignored |= {f"teacher_train.{name}" for name in BOOKKEEPING}
+    if kind == "kdm" and cfg.model.method != "kdm":
+        ignored |= {f"model.{name}" for name in KDM_LOSS_FIELDS}
+    return {f"{section}.{name}": value
+            for section in STAGE_SECTIONS[kind]
+            for name, value in dataclasses.asdict(getattr(cfg, section)).items()
+            if f"{section}.{name}" not in ignored}
 
 
 def _finished(run: Path, want: Config) -> bool:
@@ -41,7 +44,7 @@ def _finished(run: Path, want: Config) -> bool:
         return False
     cfg, meta = read_run(run)
     have, need = _result_settings(cfg, meta["kind"]), _result_settings(want, meta["kind"])
-    differ = [k for k in have if have[k] != need[k]]
+    differ = [k for k in have if k in need and have[k] != need[k]]  # model.method is in both
     if differ:
         sections = sorted({k.split(".")[0] for k in differ}, key=STAGE_SECTIONS["kdm"].index)
         changes = ", ".join(f"{k} {have[k]!r} -> {need[k]!r}" for k in differ[:4])

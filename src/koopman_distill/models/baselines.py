@@ -30,6 +30,10 @@ from .mlp import MLP
 from .unet import UNet
 
 METHODS = ("kdm", "kd", "rectified")
+# ModelConfig fields that only weigh or perturb KDM's own losses: a baseline, sized to KDM's
+# sampling path, is the same model whatever they are
+KDM_LOSS_FIELDS = ("sigma_z", "sigma_z_schedule", "w_latent", "w_rec", "w_push", "w_inverse",
+                   "w_spectrum", "w_adv", "disc_channels")
 TIME_FEATURES = 16  # sinusoidal features of t for the rectified MLP
 T_SCALE = 1000.0  # the UNet's positional embedding sees 1000 t, as DDPM-style UNets do
 
