@@ -249,12 +249,27 @@ def test_eigen_koopman_run_plots_both_spectra(tiny, tmp_path):
     assert (tmp_path / "run" / "eval" / "spectrum.png").exists()
 
 
+def test_eval_of_a_baseline_run_names_it_and_counts_its_steps(tiny, tmp_path, capsys):
+    assert kdm("train", "--preset", "checkerboard-tiny", "--pairs", tiny["pairs"], "--out",
+               tmp_path / "rf", "--set", "model.method=rectified",
+               "--set", "model.sample_steps=3") == 0
+    capsys.readouterr()
+    assert kdm("eval", tmp_path / "rf", "--set", "eval.n=300", "--set", "eval.projections=8",
+               "--set", "eval.energy_n=100") == 0
+    assert "| rectified flow (3 steps) | 3 " in capsys.readouterr().out
+    res = read_json(tmp_path / "rf" / "eval" / "eval.json")
+    assert res["method"] == "rectified" and res["kdm"]["nfe"] == 3
+    # scatter and noise structure as for KDM; no Koopman operator, so no spectrum
+    assert set(res["plots"]) == {"scatter", "noise_structure", "loss"}
+    assert not (tmp_path / "rf" / "eval" / "spectrum.png").exists()
+
+
 def test_demo_runs_reuses_stages_and_guards_settings(tmp_path, capsys):
     args = ["demo", "--preset", "checkerboard-tiny", "--out", tmp_path / "d",
             "--set", "eval.n=300", "--set", "eval.projections=8", "--set", "eval.energy_n=100"]
     assert kdm(*args) == 0
     first = capsys.readouterr().out
-    assert "| KDM (one step) | 1" in first and "| teacher" in first and "noise_structure:" in first
+    assert "| KDM (1 step) | 1" in first and "| teacher" in first and "noise_structure:" in first
     assert kdm(*args) == 0
     second = capsys.readouterr().out
     assert "[teacher] reusing" in second and "[kdm] reusing" in second

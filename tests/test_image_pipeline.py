@@ -66,7 +66,7 @@ def test_digits_pipeline_end_to_end(digits, capsys) -> None:
     # the second run reuses every stage
     assert kdm("demo", "--preset", "digits8", "--out", digits["root"] / "demo") == 0
     out = capsys.readouterr().out
-    assert "[teacher] reusing" in out and "[kdm] reusing" in out and "| KDM (one step) |" in out
+    assert "[teacher] reusing" in out and "[kdm] reusing" in out and "| KDM (1 step) |" in out
 
 
 def test_sample_conditional_and_noise(digits, tmp_path) -> None:

@@ -28,6 +28,7 @@ from .config import BENCH_SUITES, PRESETS, Config, apply_overrides, preset
 from .demo import _markdown, run_stage
 from .errors import KDMError
 from .io import atomic_write, write_json
+from .models.baselines import student_label
 from .models.kdm_image import param_count
 from .pairs import PairStore
 from .training.trainer import read_log
@@ -154,13 +155,12 @@ def _teacher_samplers(meta: dict[str, Any], store: PairStore, device: torch.devi
 
 
 def _student_samplers(method: str, gen: OneStepGenerator) -> list[tuple[int, str, Sampler]]:
-    names = {"kdm": "KDM", "kd": "KD", "rectified": "rectified flow"}
     if method == "rectified":
-        return [(k, f"{names[method]} ({k} step{'s' if k > 1 else ''})",
-                 lambda x, y, k=k: gen.model.generate(x, y, k)) for k in RECTIFIED_STEPS]
+        return [(k, student_label(method, k), lambda x, y, k=k: gen.model.generate(x, y, k))
+                for k in RECTIFIED_STEPS]
     if gen.num_classes:
-        return [(1, f"{names[method]} (1 step)", lambda x, y: gen.model(x, y))]
-    return [(1, f"{names[method]} (1 step)", lambda x, y: gen.model(x))]
+        return [(1, student_label(method), lambda x, y: gen.model(x, y))]
+    return [(1, student_label(method), lambda x, y: gen.model(x))]
 
 
 def evaluate_students(runs: dict[str, Path], cfg: Config) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from .api import make_pairs, read_run, resume_run, train_kdm, train_teacher
 from .config import Config
 from .errors import KDMError
 from .evaluate import evaluate_run
-from .models.baselines import KDM_LOSS_FIELDS
+from .models.baselines import KDM_LOSS_FIELDS, student_label
 from .training.checkpoint import latest_checkpoint
 
 # The config sections that decide a stage's result: other settings (evaluation, say) may
@@ -96,11 +96,16 @@ def _markdown(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def _student(result: dict[str, Any]) -> str:
+    """The student's row name; ``result["kdm"]`` holds whichever student the run trained."""
+    return student_label(result.get("method", "kdm"), result.get("kdm", {}).get("nfe", 1))
+
+
 def _image_table(result: dict[str, Any]) -> str:
     timings = result.get("timings", {})
     rows = [("method", "NFE", "FD", "KID", "class acc.", "paired MSE", "samples/s",
              "train wall (s)")]
-    for name, key in (("teacher", "teacher"), ("KDM (one step)", "kdm")):
+    for name, key in (("teacher", "teacher"), (_student(result), "kdm")):
         r = result.get(key)
         if r is None:
             continue
@@ -119,7 +124,7 @@ def results_table(result: dict[str, Any]) -> str:
     timings = result.get("timings", {})
     rows = [("method", "NFE", "inside squares", "sliced W1", "energy", "paired sq. err",
              "samples/s", "train wall (s)")]
-    for name, key, stage in (("teacher", "teacher", "teacher"), ("KDM (one step)", "kdm", "kdm")):
+    for name, key, stage in (("teacher", "teacher", "teacher"), (_student(result), "kdm", "kdm")):
         r = result.get(key)
         if r is None:
             continue

@@ -23,6 +23,7 @@ from .config import EvalConfig
 from .data.checkerboard import sample_checkerboard
 from .io import write_json
 from .metrics.twod import evaluate_2d, sliced_wasserstein
+from .models.baselines import student_label, student_nfe
 from .pairs import PairStore
 
 
@@ -56,9 +57,10 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
     kdm, t_kdm = timed(gen.map, noise)
     metric_args = {"projections": ecfg.projections, "seed": ecfg.seed, "energy_n": ecfg.energy_n}
     found = _teacher_for(gen.meta)
-    result: dict[str, Any] = {"run": str(run.resolve()), "settings": {
-        **dataclasses.asdict(ecfg), "weights": "ema",
-        "threads": torch.get_num_threads()}}
+    nfe = student_nfe(gen.cfg.model)
+    result: dict[str, Any] = {"run": str(run.resolve()), "method": gen.cfg.model.method,
+                              "settings": {**dataclasses.asdict(ecfg), "weights": "ema",
+                                           "threads": torch.get_num_threads()}}
     if found is not None:
         teacher, sampler = found
         ref_noise = gen.sigma_max * torch.randn(
@@ -71,7 +73,7 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
         result["teacher"] = {"nfe": int(gen.meta["nfe_teacher"] or 0), "seconds": t_teacher,
                              "samples_per_s": ecfg.n / t_teacher,
                              **evaluate_2d(target, reference=reference, **metric_args)}
-        result["kdm"] = {"nfe": 1, "seconds": t_kdm, "samples_per_s": ecfg.n / t_kdm,
+        result["kdm"] = {"nfe": nfe, "seconds": t_kdm, "samples_per_s": ecfg.n / t_kdm,
                          **evaluate_2d(kdm, reference=reference, paired_target=target,
                                        **metric_args)}
         result["ratios"] = {
@@ -83,7 +85,7 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
         pairs = store.load(np.arange(min(ecfg.n, len(store))))
         target = gen.map(pairs["noise"])
         result["settings"]["reference"] = "training pairs (teacher not available)"
-        result["kdm"] = {"nfe": 1, "seconds": t_kdm, "samples_per_s": ecfg.n / t_kdm,
+        result["kdm"] = {"nfe": nfe, "seconds": t_kdm, "samples_per_s": ecfg.n / t_kdm,
                          **evaluate_2d(kdm, reference=pairs["clean"], **metric_args)}
         result["kdm"].update({f"train_pairs_{k}": v for k, v in evaluate_2d(
             target, reference=pairs["clean"], paired_target=pairs["clean"],
@@ -106,19 +108,21 @@ def _plots(run: Path, gen: Any, noise: np.ndarray, kdm: np.ndarray, teacher: np.
     m = min(len(noise), 10_000)
     nfe = gen.meta.get("nfe_teacher")
     panels = {f"teacher (NFE {nfe})": teacher[:m]} if teacher is not None else {}
-    panels["KDM (1 step)"] = kdm[:m]
+    student = student_label(gen.cfg.model.method, student_nfe(gen.cfg.model))
+    panels[student] = kdm[:m]
     rows = {f"teacher (NFE {nfe})": (noise[:m], teacher[:m])} if teacher is not None else {}
-    rows["KDM (1 step)"] = (noise[:m], kdm[:m])
-    K = gen.model.K
-    eig = {"K (applied)": torch.linalg.eigvals(K.matrix().detach().double()).numpy()}
-    if hasattr(K, "eigenvalues"):
-        lam = K.eigenvalues().detach().numpy()
-        eig["λ (parametrised)"] = np.concatenate([lam, lam.conj()])
+    rows[student] = (noise[:m], kdm[:m])
     paths = {
         "scatter": plots.scatter_compare(panels, out / "scatter.png"),
         "noise_structure": plots.noise_structure(rows, out / "noise_structure.png"),
-        "spectrum": plots.spectrum(eig, out / "spectrum.png"),
     }
+    K = getattr(gen.model, "K", None)  # baselines have no Koopman operator
+    if K is not None:
+        eig = {"K (applied)": torch.linalg.eigvals(K.matrix().detach().double()).numpy()}
+        if hasattr(K, "eigenvalues"):
+            lam = K.eigenvalues().detach().numpy()
+            eig["λ (parametrised)"] = np.concatenate([lam, lam.conj()])
+        paths["spectrum"] = plots.spectrum(eig, out / "spectrum.png")
     log = run / "log.jsonl"
     if log.exists():
         rows_log = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]

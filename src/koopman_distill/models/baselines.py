@@ -38,6 +38,17 @@ TIME_FEATURES = 16  # sinusoidal features of t for the rectified MLP
 T_SCALE = 1000.0  # the UNet's positional embedding sees 1000 t, as DDPM-style UNets do
 
 
+def student_nfe(cfg: ModelConfig) -> int:
+    """Network evaluations per sample of the student ``cfg.method`` when it samples."""
+    return cfg.sample_steps if cfg.method == "rectified" else 1
+
+
+def student_label(method: str, steps: int = 1) -> str:
+    """Display name, e.g. ``KDM (1 step)``, ``rectified flow (4 steps)``."""
+    name = {"kdm": "KDM", "kd": "KD", "rectified": "rectified flow"}[method]
+    return f"{name} ({steps} step{'s' if steps > 1 else ''})"
+
+
 def sampling_path_params(kdm: nn.Module) -> int:
     """Parameters used by KDM's one-step map: everything but E_0 and the critic."""
     return param_count(kdm, ("E_0.", "critic."))
