@@ -24,7 +24,7 @@ from .data.checkerboard import inside_fraction, sample_checkerboard
 from .errors import KDMError
 from .io import read_json, remove_temp_files, sha256_file, write_json
 from .models import KDM
-from .models.baselines import build_baseline, sampling_path_params
+from .models.baselines import build_baseline, sampling_path_params, student_label, student_nfe
 from .models.kdm_image import ImageKDM
 from .pairs import PairStore, write_pairs
 from .teachers import FlowMatchingTeacher, nfe
@@ -371,6 +371,16 @@ class OneStepGenerator:
     @property
     def num_classes(self) -> int:
         return int(self.meta.get("num_classes", 0))
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample: 1, or the rectified baseline's ``sample_steps``."""
+        return student_nfe(self.cfg.model)
+
+    @property
+    def label(self) -> str:
+        """Display name of the student, e.g. ``KDM (1 step)``."""
+        return student_label(self.cfg.model.method, self.nfe)
 
     def noise(self, n: int, seed: int = 0) -> torch.Tensor:
         """Seeded ``x_T ~ N(0, sigma_max^2 I)``, (n, *shape)."""

@@ -152,10 +152,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(samples)} samples to {args.out}")
     if args.grid:
         from .analysis.plots import image_grids
-        from .models.baselines import student_label, student_nfe
 
-        label = student_label(gen.cfg.model.method, student_nfe(gen.cfg.model))
-        print(f"grid: {image_grids({label: samples[:100]}, args.grid)}")
+        print(f"grid: {image_grids({gen.label: samples[:100]}, args.grid)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

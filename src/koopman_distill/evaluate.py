@@ -23,7 +23,6 @@ from .config import EvalConfig
 from .data.checkerboard import sample_checkerboard
 from .io import write_json
 from .metrics.twod import evaluate_2d, sliced_wasserstein
-from .models.baselines import student_label, student_nfe
 from .pairs import PairStore
 
 
@@ -57,7 +56,6 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
     kdm, t_kdm = timed(gen.map, noise)
     metric_args = {"projections": ecfg.projections, "seed": ecfg.seed, "energy_n": ecfg.energy_n}
     found = _teacher_for(gen.meta)
-    nfe = student_nfe(gen.cfg.model)
     result: dict[str, Any] = {"run": str(run.resolve()), "method": gen.cfg.model.method,
                               "settings": {**dataclasses.asdict(ecfg), "weights": "ema",
                                            "threads": torch.get_num_threads()}}
@@ -73,7 +71,7 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
         result["teacher"] = {"nfe": int(gen.meta["nfe_teacher"] or 0), "seconds": t_teacher,
                              "samples_per_s": ecfg.n / t_teacher,
                              **evaluate_2d(target, reference=reference, **metric_args)}
-        result["kdm"] = {"nfe": nfe, "seconds": t_kdm, "samples_per_s": ecfg.n / t_kdm,
+        result["kdm"] = {"nfe": gen.nfe, "seconds": t_kdm, "samples_per_s": ecfg.n / t_kdm,
                          **evaluate_2d(kdm, reference=reference, paired_target=target,
                                        **metric_args)}
         result["ratios"] = {
@@ -85,7 +83,7 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
         pairs = store.load(np.arange(min(ecfg.n, len(store))))
         target = gen.map(pairs["noise"])
         result["settings"]["reference"] = "training pairs (teacher not available)"
-        result["kdm"] = {"nfe": nfe, "seconds": t_kdm, "samples_per_s": ecfg.n / t_kdm,
+        result["kdm"] = {"nfe": gen.nfe, "seconds": t_kdm, "samples_per_s": ecfg.n / t_kdm,
                          **evaluate_2d(kdm, reference=pairs["clean"], **metric_args)}
         result["kdm"].update({f"train_pairs_{k}": v for k, v in evaluate_2d(
             target, reference=pairs["clean"], paired_target=pairs["clean"],
@@ -108,10 +106,9 @@ def _plots(run: Path, gen: Any, noise: np.ndarray, kdm: np.ndarray, teacher: np.
     m = min(len(noise), 10_000)
     nfe = gen.meta.get("nfe_teacher")
     panels = {f"teacher (NFE {nfe})": teacher[:m]} if teacher is not None else {}
-    student = student_label(gen.cfg.model.method, student_nfe(gen.cfg.model))
-    panels[student] = kdm[:m]
+    panels[gen.label] = kdm[:m]
     rows = {f"teacher (NFE {nfe})": (noise[:m], teacher[:m])} if teacher is not None else {}
-    rows[student] = (noise[:m], kdm[:m])
+    rows[gen.label] = (noise[:m], kdm[:m])
     paths = {
         "scatter": plots.scatter_compare(panels, out / "scatter.png"),
         "noise_structure": plots.noise_structure(rows, out / "noise_structure.png"),

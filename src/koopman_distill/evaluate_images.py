@@ -34,7 +34,6 @@ from .metrics.images import (
     frechet_distance,
     kernel_inception_distance,
 )
-from .models.baselines import student_label, student_nfe
 
 
 def cache_dir() -> Path:
@@ -106,16 +105,16 @@ def evaluate_image_run(run: str | Path, ecfg: EvalConfig | None = None,
     reference, ref_name = reference_images(cfg, ecfg.n)
     ref_feats = extract_features(extractor, reference, batch_size=ecfg.batch_size)
     result: dict[str, Any] = {"run": str(run.resolve()), "method": gen.cfg.model.method,
-                              "settings": {
-        **dataclasses.asdict(ecfg), "weights": "ema", "reference": ref_name,
-        "extractor_settings": extractor.settings, "threads": torch.get_num_threads(),
-        "device": str(gen.device)}}
+                              "settings": {**dataclasses.asdict(ecfg), "weights": "ema",
+                                           "reference": ref_name,
+                                           "extractor_settings": extractor.settings,
+                                           "threads": torch.get_num_threads(),
+                                           "device": str(gen.device)}}
 
     def kdm_batch(b: int) -> Any:
         return gen.map(noise[:b], None if labels is None else labels[:b], b)
 
-    result["kdm"] = {"nfe": student_nfe(gen.cfg.model),
-                     "samples_per_s": _throughput(kdm_batch, ecfg.batch_size),
+    result["kdm"] = {"nfe": gen.nfe, "samples_per_s": _throughput(kdm_batch, ecfg.batch_size),
                      **image_scores(extractor, kdm, ref_feats, ecfg)}
     teacher_out = None
     teacher = _teacher(gen.meta, gen.device)
@@ -173,6 +172,5 @@ def _grids(gen: OneStepGenerator, teacher: Any, seed: int, out: Path,
         y = None if labels is None else labels.to(gen.device)
         panels[f"teacher (NFE {teacher.nfe})"] = teacher.sample(noise.to(gen.device),
                                                                 y).cpu().numpy()
-    panels[student_label(gen.cfg.model.method, student_nfe(gen.cfg.model))] = gen.map(noise,
-                                                                                     labels)
+    panels[gen.label] = gen.map(noise, labels)
     return {"samples": str(plots.image_grids(panels, out / "samples.png", per_row, rows))}
