@@ -6,6 +6,7 @@ import torch
 
 from koopman_distill.data.checkerboard import (
     SCALE,
+    far_misses,
     inside_fraction,
     sample_checkerboard,
     square_corners,
@@ -79,3 +80,23 @@ def test_bad_count_and_empty():
     assert sample_checkerboard(0).shape == (0, 2)
     with pytest.raises(KDMError, match="empty"):
         inside_fraction(np.zeros((0, 2)))
+
+
+def test_far_misses_are_samples_half_a_square_off_and_carry_their_error_share():
+    centre = square_corners()[:2] + SCALE / 2  # centres of squares 0 and 1
+    target = np.repeat(centre[:1], 10, axis=0)  # 10 targets in square 0
+    samples = target.copy()
+    samples[:7] += 0.01  # imprecise but in place: squared error 2e-4 each
+    samples[7, 0] += 0.49 * SCALE  # just under half a square side off: not far
+    samples[8] = centre[1]  # in square 1, two sides away: squared error 4 SCALE^2
+    samples[9, 1] += 0.51 * SCALE  # just over half a side, into the gap above
+    far, res = far_misses(samples, target)
+    assert far.tolist() == [False] * 8 + [True, True]
+    assert res["far_miss_fraction"] == pytest.approx(0.2)
+    sq = np.sum((samples - target) ** 2, axis=1)
+    assert sq[8] == pytest.approx(4 * SCALE**2)
+    assert res["paired_sq_error_share_from_far_misses"] == pytest.approx(sq[8:].sum() / sq.sum())
+    assert far_misses(target, target)[1] == {
+        "far_miss_fraction": 0.0, "paired_sq_error_share_from_far_misses": 0.0}
+    with pytest.raises(KDMError, match="paired"):
+        far_misses(samples[:3], target)

@@ -54,7 +54,13 @@ def test_eval_writes_metrics_and_plots(tiny, tmp_path):
         assert 0 <= res[side]["inside_fraction"] <= 1 and res[side]["sliced_wasserstein"] > 0
     assert res["kdm"]["nfe"] == 1 and res["teacher"]["nfe"] == 8
     assert res["kdm"]["paired_sq_error_per_sample"] >= 0
-    for name in ("scatter", "noise_structure", "spectrum", "loss"):
+    assert 0 <= res["kdm"]["far_miss_fraction"] <= 1
+    # the paired error on the run's own training pairs, next to the held-out one
+    gen = load_run(tiny["kdm"])
+    pairs = PairStore(gen.meta["pairs"]).load(np.arange(400))
+    own = np.sum((gen.map(pairs["noise"]) - pairs["clean"]) ** 2, axis=1).mean()
+    assert res["kdm"]["train_pairs_paired_sq_error_per_sample"] == pytest.approx(own, rel=1e-5)
+    for name in ("scatter", "noise_structure", "far_misses", "spectrum", "loss"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -260,7 +266,7 @@ def test_eval_of_a_baseline_run_names_it_and_counts_its_steps(tiny, tmp_path, ca
     res = read_json(tmp_path / "rf" / "eval" / "eval.json")
     assert res["method"] == "rectified" and res["kdm"]["nfe"] == 3
     # scatter and noise structure as for KDM; no Koopman operator, so no spectrum
-    assert set(res["plots"]) == {"scatter", "noise_structure", "loss"}
+    assert set(res["plots"]) == {"scatter", "noise_structure", "far_misses", "loss"}
     assert not (tmp_path / "rf" / "eval" / "spectrum.png").exists()
 
 

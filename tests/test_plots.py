@@ -54,6 +54,21 @@ def test_noise_structure_two_rows(tmp_path, board):
     assert not (tmp_path / "bad.png").exists()
 
 
+def test_far_misses_marks_noise_whose_sample_lands_a_mode_away(tmp_path, board):
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal(board.shape)
+    student = board.copy()
+    student[:40] = -student[:40]  # 40 samples in the mirror-image square
+    out = plots.far_misses({"KDM (1 step)": (noise, board, student)}, tmp_path / "far.png",
+                           background=500)
+    _check_png(out, tmp_path)
+    with pytest.raises(KDMError, match="must be paired"):
+        plots.far_misses({"KDM": (noise, board, student[:10])}, tmp_path / "bad.png")
+    with pytest.raises(KDMError, match="triple"):
+        plots.far_misses({"KDM": (noise, board)}, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_spectrum(tmp_path):
     rng = np.random.default_rng(2)
     k = 0.3 * rng.standard_normal((64, 64)) / 8

@@ -197,6 +197,16 @@ def _print_eval(result: dict) -> None:
     from .demo import results_table
 
     print(results_table(result))
+    student = result.get("kdm", {})
+    held_out, own = "paired_sq_error_per_sample", "train_pairs_paired_sq_error_per_sample"
+    if held_out in student and own in student:
+        line = (f"paired sq. err per sample: held-out {student[held_out]:.2e} ± "
+                f"{student[held_out + '_se']:.1e}, on its training pairs {student[own]:.2e}")
+        if "far_miss_fraction" in student:
+            line += (f"; {student['far_miss_fraction']:.2%} of held-out samples land more than "
+                     f"half a square from the teacher's, with "
+                     f"{student['paired_sq_error_share_from_far_misses']:.0%} of the error")
+        print(line)
     for k, v in result.get("timings", {}).items():
         print(f"{k}: {v:.0f} s")
     for k, v in result.get("plots", {}).items():

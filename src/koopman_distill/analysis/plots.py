@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Rectangle
 
+from ..data import checkerboard
 from ..data.checkerboard import N_SQUARES, SCALE, inside_fraction, square_corners, square_index
 from ..errors import KDMError
 from ..io import atomic_write
@@ -139,6 +140,48 @@ def noise_structure(rows: Mapping[str, tuple[Any, Any]], out_png: str | os.PathL
             right.set_ylim(-noise_lim, noise_lim)
             right.set_aspect("equal")
             right.set_title(f"{name}: noise coloured by landing square")
+        if title:
+            fig.suptitle(title)
+        return _save(fig, out_png)
+
+
+def far_misses(rows: Mapping[str, tuple[Any, Any, Any]], out_png: str | os.PathLike,
+               background: int = 10_000, title: str | None = None) -> Path:
+    """Where a student misses its teacher by a whole mode: the noise plane coloured by the
+    teacher's landing square, with each noise point whose student sample lands more than half
+    a square side from the teacher's as a black cross (:func:`~..data.checkerboard.far_misses`).
+
+    ``rows`` maps a student's name to ``(noise, teacher, student)``, each of shape (N, 2) and
+    paired row by row; one panel per row. Every far miss is drawn, the background is the
+    first ``background`` points. These few points usually carry most of the paired error.
+    """
+    if not rows:
+        raise KDMError("far_misses needs at least one (noise, teacher, student) row")
+    data = {}
+    for name, triple in rows.items():
+        if len(triple) != 3:
+            raise KDMError(f"row {name!r} must be a (noise, teacher, student) triple")
+        noise, teacher, student = (as_points(a, f"{name} {what}", dim=2) for a, what in
+                                   zip(triple, ("noise", "teacher", "student"), strict=True))
+        if not len(noise) == len(teacher) == len(student):
+            raise KDMError(f"row {name!r}: noise, teacher and student have {len(noise)}, "
+                           f"{len(teacher)} and {len(student)} points; they must be paired")
+        far, stats = checkerboard.far_misses(student, teacher)
+        data[name] = (noise, square_index(teacher), far, stats)
+    lim = 1.05 * max(np.abs(noise).max() for noise, _, _, _ in data.values())
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _figure(1, len(data), PANEL_SIZE * len(data), PANEL_SIZE + 0.4)
+        for ax, (name, (noise, idx, far, stats)) in zip(axes[0], data.items(), strict=True):
+            m = min(len(noise), background)
+            for k in range(N_SQUARES):
+                _scatter(ax, noise[:m][idx[:m] == k], color=SQUARE_COLORS[k], alpha=0.35)
+            _scatter(ax, noise[far], color="black", marker="x", s=8.0, linewidths=0.7)
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_aspect("equal")
+            share = stats["paired_sq_error_share_from_far_misses"]
+            ax.set_title(f"{name}\n{int(far.sum()):,} of {len(noise):,} > half a square from the "
+                         f"teacher's,\ncarrying {share:.0%} of the paired error")
         if title:
             fig.suptitle(title)
         return _save(fig, out_png)

@@ -84,6 +84,27 @@ def inside_fraction(x: np.ndarray | torch.Tensor) -> float:
     return float(np.mean(idx >= 0))
 
 
+def far_misses(samples: np.ndarray | torch.Tensor,
+               target: np.ndarray | torch.Tensor) -> tuple[np.ndarray, dict[str, float]]:
+    """Paired samples that land more than half a square side (``SCALE / 2``) from their
+    targets: whole-mode mistakes, as opposed to imprecision inside a square.
+
+    ``samples``, ``target``: (N, 2), row ``i`` made from the same noise. Returns the mask (N,)
+    and ``far_miss_fraction`` with ``paired_sq_error_share_from_far_misses``, the share of the
+    summed squared error that those samples carry.
+    """
+    p, t = _points(samples), _points(target)
+    if p.shape != t.shape or len(p) == 0:
+        raise KDMError(f"samples and target must be non-empty and paired, got {p.shape} and "
+                       f"{t.shape}")
+    sq = np.sum((p - t) ** 2, axis=1)
+    far = sq > (SCALE / 2) ** 2
+    total = float(sq.sum())
+    return far, {"far_miss_fraction": float(far.mean()),
+                 "paired_sq_error_share_from_far_misses": float(sq[far].sum()) / total if total
+                 else 0.0}
+
+
 def square_corners() -> np.ndarray:
     """Lower-left corners of the occupied squares in board coordinates, shape (8, 2).
 
