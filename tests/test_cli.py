@@ -73,6 +73,27 @@ def test_eval_samples_file(tmp_path, capsys):
     assert '"inside_fraction": 1.0' in capsys.readouterr().out
 
 
+def test_pairs_noise_scale_widens_only_the_pairs_noise(tiny, tmp_path):
+    from koopman_distill.api import load_teacher
+
+    out = tmp_path / "wide"
+    assert kdm("pairs", "--teacher", tiny["teacher"], "--out", out,
+               "--set", "pairs.noise_scale=2") == 0
+    wide, base = PairStore(out), PairStore(tiny["pairs"])
+    assert wide.manifest["sampler"]["noise_scale"] == 2.0
+    assert "noise_scale" not in base.manifest["sampler"]
+    assert wide.sigma_max == base.sigma_max == 1.0  # sampling noise is unchanged
+    pairs = wide.load()
+    np.testing.assert_array_equal(pairs["noise"], 2 * base.load()["noise"])  # same seeds
+    teacher, tcfg = load_teacher(tiny["teacher"])
+    x0 = teacher.sample(torch.from_numpy(pairs["noise"][:16]), tcfg.teacher.sampler,
+                        tcfg.teacher.steps).numpy()
+    np.testing.assert_allclose(pairs["clean"][:16], x0, atol=1e-5)
+    # another noise scale is another store, never mixed into this one
+    one_line_error(kdm_proc("pairs", "--teacher", tiny["teacher"], "--out", out,
+                            "--set", "pairs.noise_scale=3"), "other settings")
+
+
 def test_import_authors_checkerboard_then_train_and_sample(tmp_path):
     import torch
 

@@ -116,6 +116,10 @@ def test_image_bad_input(digits, tmp_path) -> None:
     p = kdm_proc("eval", digits["kdm"], "--set", "eval.extractor=inception", "--set",
                  "eval.extractor_weights=/nonexistent/pt_inception.pth", "--out", tmp_path / "e")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "never downloaded" in p.stderr
+    p = kdm_proc("pairs", "--teacher", digits["teacher"], "--out", tmp_path / "wide",
+                 "--set", "pairs.noise_scale=2")
+    assert p.returncode == 2 and "pairs.noise_scale is for 2-D teachers" in p.stderr
+    assert not (tmp_path / "wide").exists()
 
 
 def test_seeded_float16_store_round_trip_and_resume(tmp_path) -> None:

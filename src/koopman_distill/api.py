@@ -208,6 +208,9 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
     sigma, steps = tcfg.teacher.sigma_max, cfg.teacher.steps
     storage = {"clean_dtype": cfg.pairs.clean_dtype, "store_noise": cfg.pairs.store_noise}
     if _is_image(tmeta):
+        if cfg.pairs.noise_scale != 1.0:
+            raise KDMError("pairs.noise_scale is for 2-D teachers; image pairs use the "
+                           "teacher's own noise scale, so leave it at 1")
         device = resolve_device(cfg.train.device)
         teacher.to(device).steps = steps
         generate = image_api.pair_generator(teacher, cfg, tmeta["shape"], device)
@@ -217,17 +220,19 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
             sampler={"method": "heun-karras", "steps": steps, "sigma_min": tcfg.teacher.sigma_min,
                      "rho": tcfg.teacher.rho}, nfe=teacher.nfe, config=cfg.to_dict(),
             progress=progress, **storage)
-    sampler, bs = cfg.teacher.sampler, cfg.pairs.batch_size
+    sampler, bs, scale = cfg.teacher.sampler, cfg.pairs.batch_size, cfg.pairs.noise_scale
 
     def generate(g: torch.Generator, count: int) -> dict[str, torch.Tensor]:
-        noise = sigma * torch.randn(count, teacher.dim, generator=g)
+        noise = scale * sigma * torch.randn(count, teacher.dim, generator=g)
         clean = torch.cat([teacher.sample(noise[i:i + bs], sampler, steps)
                            for i in range(0, count, bs)])
         return {"noise": noise, "clean": clean}
 
     return write_pairs(out, generate, cfg.pairs.n, cfg.pairs.shard_size, cfg.pairs.seed,
                        sigma_max=sigma, shape=(teacher.dim,), teacher=teacher_identity(teacher_run),
-                       sampler={"method": sampler, "steps": steps}, nfe=nfe(sampler, steps),
+                       sampler={"method": sampler, "steps": steps,
+                                **({"noise_scale": scale} if scale != 1.0 else {})},
+                       nfe=nfe(sampler, steps),
                        config=cfg.to_dict(), source={"kind": "generated"}, progress=progress,
                        **storage)
 

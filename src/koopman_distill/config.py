@@ -82,6 +82,10 @@ class PairsConfig:
     seed: int = 1
     clean_dtype: str = "float32"  # float32 | float16 (halves image stores)
     store_noise: bool = True  # false: store a seed per pair and regenerate x_T on reading
+    # 2-D teachers: draw the pairs' x_T with std noise_scale * sigma_max. Above 1 it puts more
+    # pairs in the Gaussian's tails, where a one-step student generalises worst between pairs;
+    # sampling still draws x_T ~ N(0, sigma_max^2 I).
+    noise_scale: float = 1.0
 
 
 @dataclass
@@ -264,7 +268,7 @@ _RANGES: dict[type, dict[str, str]] = {
     TeacherConfig: {"width": _POS, "depth": _POS, "time_features": _NONNEG,
                     "x_features": _NONNEG, "x_fmax": _POS, "sigma_max": _POS, "steps": _POS,
                     "sigma_min": _POS, "rho": _POS, "sigma_data": _POS, "P_std": _POS},
-    PairsConfig: {"n": _POS, "shard_size": _POS, "batch_size": _POS},
+    PairsConfig: {"n": _POS, "shard_size": _POS, "batch_size": _POS, "noise_scale": _POS},
     ModelConfig: {"sample_steps": _POS, "width": _POS, "depth": _POS, "latent_dim": _POS,
                   "sigma_z": _NONNEG, "huber_c": _POS, "w_latent": _NONNEG, "w_rec": _NONNEG,
                   "w_push": _NONNEG, "w_inverse": _NONNEG, "w_spectrum": _NONNEG,

@@ -85,7 +85,8 @@ def draw_seeded_noise(g: torch.Generator, count: int, shape: tuple[int, ...],
 class PairStore:
     """Read-only view of a complete pair store.
 
-    Per example: ``noise`` is x_T (float, shape :attr:`shape`, std :attr:`sigma_max`),
+    Per example: ``noise`` is x_T (float, shape :attr:`shape`, std :attr:`sigma_max`, times
+    the manifest's ``sampler.noise_scale`` where pairs were drawn wider than sampling's noise),
     ``clean`` is x_0 (same shape), optional ``label`` an int64 class id. Global example ``g``
     is row ``g % shard_size`` of shard ``g // shard_size``.
     """
