@@ -73,7 +73,7 @@ def test_eval_samples_file(tmp_path, capsys):
     assert '"inside_fraction": 1.0' in capsys.readouterr().out
 
 
-def test_pairs_noise_scale_widens_only_the_pairs_noise(tiny, tmp_path):
+def test_pairs_noise_scale_widens_only_the_pairs_noise(tiny, tmp_path, capsys):
     from koopman_distill.api import load_teacher
 
     out = tmp_path / "wide"
@@ -89,6 +89,16 @@ def test_pairs_noise_scale_widens_only_the_pairs_noise(tiny, tmp_path):
     x0 = teacher.sample(torch.from_numpy(pairs["noise"][:16]), tcfg.teacher.sampler,
                         tcfg.teacher.steps).numpy()
     np.testing.assert_allclose(pairs["clean"][:16], x0, atol=1e-5)
+    # a student trained on them samples N(0, sigma_max^2) noise; eval says the pairs are wider
+    assert kdm("train", "--preset", "checkerboard-tiny", "--pairs", out, "--out",
+               tmp_path / "run") == 0
+    capsys.readouterr()
+    assert kdm("eval", tmp_path / "run", "--no-plots", "--set", "eval.n=300",
+               "--set", "eval.projections=8", "--set", "eval.energy_n=100") == 0
+    assert "(their noise drawn 2x wider)" in capsys.readouterr().out
+    res = read_json(tmp_path / "run" / "eval" / "eval.json")
+    assert res["kdm"]["train_pairs_noise_scale"] == 2.0
+    assert load_run(tmp_path / "run").noise(20000).std().item() == pytest.approx(1.0, rel=0.03)
     # another noise scale is another store, never mixed into this one
     one_line_error(kdm_proc("pairs", "--teacher", tiny["teacher"], "--out", out,
                             "--set", "pairs.noise_scale=3"), "other settings")

@@ -202,6 +202,8 @@ def _print_eval(result: dict) -> None:
     if held_out in student and own in student:
         line = (f"paired sq. err per sample: held-out {student[held_out]:.2e} ± "
                 f"{student[held_out + '_se']:.1e}, on its training pairs {student[own]:.2e}")
+        if student.get("train_pairs_noise_scale", 1.0) != 1.0:
+            line += f" (their noise drawn {student['train_pairs_noise_scale']:g}x wider)"
         if "far_miss_fraction" in student:
             line += (f"; {student['far_miss_fraction']:.2%} of held-out samples land more than "
                      f"half a square from the teacher's, with "

@@ -95,6 +95,8 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
         # how many pairs it saw, not by fitting them.
         result["kdm"].update({f"train_pairs_paired_{k}": v for k, v in paired_error(
             gen.map(pairs["noise"]), pairs["clean"]).items()})
+        result["kdm"]["train_pairs_noise_scale"] = PairStore(
+            gen.meta["pairs"]).manifest["sampler"].get("noise_scale", 1.0)
     if found is not None and gen.cfg.data.source == "checkerboard":
         result["kdm"].update(far_misses(kdm, target)[1])
     if gen.cfg.data.source == "checkerboard":
