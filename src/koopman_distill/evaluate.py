@@ -62,8 +62,9 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
     found = run_teacher(gen.meta)
     # The run's own training pairs: the reference when the teacher is not on this machine (the
     # store's own error if neither is), and a paired error to set against the held-out one.
-    have_store = Path(gen.meta["pairs"], "manifest.json").exists()
-    pairs = _training_pairs(gen, ecfg.n) if found is None or have_store else None
+    store = (PairStore(gen.meta["pairs"]) if found is None
+             or Path(gen.meta["pairs"], "manifest.json").exists() else None)
+    pairs = store.load(np.arange(min(ecfg.n, len(store)))) if store is not None else None
     result: dict[str, Any] = {"run": str(run.resolve()), "method": gen.cfg.model.method,
                               "settings": {**dataclasses.asdict(ecfg), "weights": "ema",
                                            "threads": torch.get_num_threads()}}
@@ -90,13 +91,13 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
         result["settings"]["reference"] = "training pairs (teacher not available)"
         result["kdm"] = {"nfe": gen.nfe, "seconds": t_kdm, "samples_per_s": ecfg.n / t_kdm,
                          **evaluate_2d(kdm, reference=pairs["clean"], **metric_args)}
-    if pairs is not None:
+    if store is not None:
         # A large gap between this and the held-out error means the student is limited by
         # how many pairs it saw, not by fitting them.
         result["kdm"].update({f"train_pairs_paired_{k}": v for k, v in paired_error(
             gen.map(pairs["noise"]), pairs["clean"]).items()})
-        result["kdm"]["train_pairs_noise_scale"] = PairStore(
-            gen.meta["pairs"]).manifest["sampler"].get("noise_scale", 1.0)
+        result["kdm"]["train_pairs_noise_scale"] = store.manifest["sampler"].get("noise_scale",
+                                                                                1.0)
     if found is not None and gen.cfg.data.source == "checkerboard":
         result["kdm"].update(far_misses(kdm, target)[1])
     if gen.cfg.data.source == "checkerboard":
@@ -110,12 +111,6 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
                                  target if found is not None else None, out)
         write_json(out / "eval.json", result)
     return result
-
-
-def _training_pairs(gen: Any, n: int) -> dict[str, np.ndarray]:
-    """The first ``n`` pairs of the run's pair store."""
-    store = PairStore(gen.meta["pairs"])
-    return store.load(np.arange(min(n, len(store))))
 
 
 def _plots(run: Path, gen: Any, noise: np.ndarray, kdm: np.ndarray, teacher: np.ndarray | None,

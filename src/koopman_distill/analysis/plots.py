@@ -104,6 +104,26 @@ def _by_square(ax: Any, pts: np.ndarray, idx: np.ndarray) -> None:
     _scatter(ax, out, color=OUTLIER_COLOR, marker="x", s=6.0, linewidths=0.6)
 
 
+def _paired_rows(rows: Mapping[str, Sequence[Any]], parts: tuple[str, ...],
+                 figure: str) -> dict[str, tuple[np.ndarray, ...]]:
+    """``rows`` (name -> one (N, 2) array per part, paired row by row) as float arrays, or a
+    one-line KDMError naming the bad row."""
+    if not rows:
+        raise KDMError(f"{figure} needs at least one ({', '.join(parts)}) row")
+    kind = {2: "pair", 3: "triple"}[len(parts)]
+    data = {}
+    for name, arrays in rows.items():
+        if len(arrays) != len(parts):
+            raise KDMError(f"row {name!r} must be a ({', '.join(parts)}) {kind}")
+        pts = tuple(as_points(a, f"{name} {part}", dim=2)
+                    for a, part in zip(arrays, parts, strict=True))
+        if len({len(p) for p in pts}) > 1:
+            counts = ", ".join(f"{part} {len(p)}" for part, p in zip(parts, pts, strict=True))
+            raise KDMError(f"row {name!r} has {counts} points; they must be paired row by row")
+        data[name] = pts
+    return data
+
+
 def noise_structure(rows: Mapping[str, tuple[Any, Any]], out_png: str | os.PathLike,
                     title: str | None = None) -> Path:
     """The noise-structure picture: which noise lands in which square.
@@ -115,18 +135,8 @@ def noise_structure(rows: Mapping[str, tuple[Any, Any]], out_png: str | os.PathL
     square its sample lands in. For a good one-step map the colours form contiguous angular
     sectors, and the outliers come from the sector boundaries (reference §9.1).
     """
-    if not rows:
-        raise KDMError("noise_structure needs at least one (noise, samples) row")
-    data = {}
-    for name, pair in rows.items():
-        if len(pair) != 2:
-            raise KDMError(f"row {name!r} must be a (noise, samples) pair")
-        noise = as_points(pair[0], f"{name} noise", dim=2)
-        samples = as_points(pair[1], f"{name} samples", dim=2)
-        if len(noise) != len(samples):
-            raise KDMError(f"row {name!r}: noise has {len(noise)} points but samples has "
-                           f"{len(samples)}; they must be paired row by row")
-        data[name] = (noise, samples, square_index(samples))
+    data = {name: (noise, samples, square_index(samples)) for name, (noise, samples) in
+            _paired_rows(rows, ("noise", "samples"), "noise_structure").items()}
     noise_lim = 1.05 * max(np.abs(noise).max() for noise, _, _ in data.values())
     with matplotlib.rc_context(_STYLE):
         fig, axes = _figure(len(data), 2, 2 * PANEL_SIZE, (PANEL_SIZE + 0.3) * len(data))
@@ -155,17 +165,9 @@ def far_misses(rows: Mapping[str, tuple[Any, Any, Any]], out_png: str | os.PathL
     paired row by row; one panel per row. Every far miss is drawn, the background is the
     first ``background`` points. These few points usually carry most of the paired error.
     """
-    if not rows:
-        raise KDMError("far_misses needs at least one (noise, teacher, student) row")
     data = {}
-    for name, triple in rows.items():
-        if len(triple) != 3:
-            raise KDMError(f"row {name!r} must be a (noise, teacher, student) triple")
-        noise, teacher, student = (as_points(a, f"{name} {what}", dim=2) for a, what in
-                                   zip(triple, ("noise", "teacher", "student"), strict=True))
-        if not len(noise) == len(teacher) == len(student):
-            raise KDMError(f"row {name!r}: noise, teacher and student have {len(noise)}, "
-                           f"{len(teacher)} and {len(student)} points; they must be paired")
+    for name, (noise, teacher, student) in _paired_rows(
+            rows, ("noise", "teacher", "student"), "far_misses").items():
         far, stats = checkerboard.far_misses(student, teacher)
         data[name] = (noise, square_index(teacher), far, stats)
     lim = 1.05 * max(np.abs(noise).max() for noise, _, _, _ in data.values())
