@@ -394,6 +394,17 @@ CASES: list[Case] = [
     Case("trajectory of the wrong rank", lambda w: [
         "pairs", "import", w.npy("t.npy", np.zeros((10, 2), np.float32)), "--out", w.p("o")],
         "expected ndim 3"),
+    # resume and runs, round 2
+    # (cases added here)
+    # ---- end of resume and runs, round 2
+
+    # pair stores, round 2
+    # (cases added here)
+    # ---- end of pair stores, round 2
+
+    # sample, eval and outputs, round 2
+    # (cases added here)
+    # ---- end of sample, eval and outputs, round 2
 ]
 
 
