@@ -126,6 +126,14 @@ class Pwned:
         return os.system, (f"touch {self.marker}",)
 
 
+def edit_state(run: Path, edit: Callable[[dict], object]) -> None:
+    """Rewrite the latest checkpoint's state.pt with ``edit`` applied to its dict."""
+    f = latest(run) / "state.pt"
+    state = torch.load(f, weights_only=True)
+    edit(state)
+    torch.save(state, f)
+
+
 def poisoned_state(run: Path) -> None:
     with open(latest(run) / "state.pt", "wb") as f:
         pickle.dump({"step": Pwned(run / "PWNED")}, f)
@@ -319,9 +327,9 @@ CASES: list[Case] = [
     Case("config changed since the checkpoint", _sample(lambda w: w.run_copy(
         lambda r: edit_json(r / "config.json", lambda d: d["model"].update(width=48)))),
         "differs from the checkpoint's in model.width (32 -> 48)"),
-    Case("pointer to a missing checkpoint", _sample(lambda w: w.run_copy(
-        lambda r: (r / "checkpoints" / "latest").write_text("step-00000999\n"))),
-        "names a missing checkpoint step-00000999"),
+    Case("no complete checkpoint", _sample(lambda w: w.run_copy(lambda r: [
+        (p / "state.pt").unlink() for p in (r / "checkpoints").glob("step-*")])),
+        "holds no complete checkpoint (step-00000020 lacks state.pt)"),
     Case("no checkpoint yet", _sample(lambda w: w.run_copy(
         lambda r: shutil.rmtree(r / "checkpoints"))), "has no checkpoint yet"),
     Case("truncated weights", _sample(lambda w: w.run_copy(
@@ -395,7 +403,84 @@ CASES: list[Case] = [
         "pairs", "import", w.npy("t.npy", np.zeros((10, 2), np.float32)), "--out", w.p("o")],
         "expected ndim 3"),
     # resume and runs, round 2
-    # (cases added here)
+    Case("checkpoints path is a file", _resume(lambda r: shutil.rmtree(r / "checkpoints")
+                                               or (r / "checkpoints").write_text("x")),
+         "checkpoints is not a directory"),
+    Case("incomplete checkpoints only, on resume", _resume(lambda r: [
+        (p / "ema.safetensors").unlink() for p in (r / "checkpoints").glob("step-*")]),
+        "holds no complete checkpoint (step-00000020 lacks ema.safetensors)"),
+    Case("trainer state without keys", _resume(lambda r: edit_state(
+        r, lambda st: [st.pop("optimizer"), st.pop("data")])), "lacks data, optimizer"),
+    Case("trainer state with a negative step", _resume(lambda r: edit_state(
+        r, lambda st: st.update(step=-5))), "has a negative step (-5)"),
+    Case("trainer state of another step", _resume(lambda r: edit_state(
+        r, lambda st: st.update(step=7))), "is at step 7 but lies in step-00000020"),
+    Case("trainer state of a wrong type", _resume(lambda r: edit_state(
+        r, lambda st: st.update(elapsed="soon"))), "has elapsed of type str"),
+    Case("trainer state with a bad data position", _resume(lambda r: edit_state(
+        r, lambda st: st.update(data={"epoch": -1, "offset": 0}))), "has data position"),
+    Case("trainer state that is a list", _resume(lambda r: torch.save(
+        [1, 2], latest(r) / "state.pt")), "holds a list, not the trainer's state"),
+    Case("optimizer state of another model", _resume(lambda r: edit_state(
+        r, lambda st: st["optimizer"].update(param_groups=[]))),
+        "does not fit this run's optimizer or random state"),
+    Case("resume a teacher run with kdm train", lambda w: ["train", "--resume", w.teacher],
+         "is a teacher run; continue it with `kdm teacher train --resume"),
+    Case("resume a KDM run with kdm teacher train", lambda w: [
+        "teacher", "train", "--resume", w.run], "is a KDM run; continue it with `kdm train"),
+    Case("--preset with --resume", lambda w: ["train", "--resume", w.run, "--preset",
+                                              "checkerboard"], "--preset cannot be used with"),
+    Case("--pairs and --out with --resume", lambda w: [
+        "train", "--resume", w.run, "--pairs", w.pairs, "--out", w.p("o")],
+        "--out and --pairs cannot be used with --resume"),
+    Case("--data with a teacher --resume", lambda w: [
+        "teacher", "train", "--resume", w.teacher, "--data", w.npy("d.npy", np.zeros((9, 2)))],
+        "--data cannot be used with --resume"),
+    Case("resume with a setting that changes the result", lambda w: [
+        "train", "--resume", w.run, "--set", "train.lr=0.1"],
+        "--set train.lr would change what the resumed run"),
+    Case("resume with fewer steps than done", lambda w: [
+        "train", "--resume", w.run, "--set", "train.steps=5"],
+        "is at step 20, beyond train.steps=5"),
+    Case("resume with another section's setting", lambda w: [
+        "train", "--resume", w.run, "--set", "teacher_train.steps=50"],
+        "--set teacher_train.steps would change what the resumed run"),
+    Case("setting of a section train does not read", lambda w: [
+        "train", "--preset", "checkerboard-tiny", "--pairs", w.pairs, "--out", w.p("o"),
+        "--set", "pairs.n=100"], "--set pairs.n has no effect on `kdm train`"),
+    Case("eigen-only setting with a dense K", lambda w: [
+        "train", "--preset", "checkerboard-tiny", "--pairs", w.pairs, "--out", w.p("o"),
+        "--set", "model.w_spectrum=0.5"], "has no effect without model.koopman=eigen"),
+    Case("KDM-only setting for a baseline", lambda w: [
+        "train", "--preset", "checkerboard-tiny", "--pairs", w.pairs, "--out", w.p("o"),
+        "--set", "model.method=kd", "--set", "model.sigma_z=0.1"],
+        "--set model.sigma_z has no effect without model.method=kdm"),
+    Case("run.json that is a list", _sample(lambda w: w.run_copy(
+        lambda r: (r / "run.json").write_text("[1]"))), "holds a JSON list, not an object"),
+    Case("run.json with a wrong-typed field", _sample(lambda w: w.run_copy(lambda r: edit_json(
+        r / "run.json", lambda d: d.update(sigma_max="80")))), "has sigma_max '80'"),
+    Case("run.json without a field", _resume(lambda r: edit_json(
+        r / "run.json", lambda d: d.pop("pairs"))), "run.json lacks pairs"),
+    Case("run.json with a huge dimension", _sample(lambda w: w.run_copy(lambda r: edit_json(
+        r / "run.json", lambda d: d.update(dim=10**12)))), "has dim 1000000000000"),
+    Case("run.json with a boolean format", _sample(lambda w: w.run_copy(lambda r: edit_json(
+        r / "run.json", lambda d: d.update(format=True)))), "has format True"),
+    Case("deeply nested run.json", _sample(lambda w: w.run_copy(lambda r: (
+        r / "run.json").write_text("[" * 100_000 + "]" * 100_000))),
+        "is not a file koopman-distill wrote (RecursionError"),
+    Case("deeply nested config.json", _sample(lambda w: w.run_copy(lambda r: (
+        r / "config.json").write_text('{"a":' * 50_000 + "1" + "}" * 50_000))),
+        "is not a file koopman-distill wrote (RecursionError"),
+    Case("config.json with a 5000-digit integer", _sample(lambda w: w.run_copy(
+        lambda r: (r / "config.json").write_text('{"preset": ' + "9" * 5000 + "}"))),
+        "is not a file koopman-distill wrote (ValueError"),
+    Case("damaged log row before the last", _resume(lambda r: (r / "log.jsonl").write_text(
+        "garbage\n" + (r / "log.jsonl").read_text())), "log.jsonl line 1 is not a log row"),
+    Case("run directory name not valid UTF-8", lambda w: [
+        "train", "--preset", "checkerboard-tiny", "--pairs", w.pairs, "--out",
+        str(w.dir) + "/run-\udcff"], "is not valid UTF-8"),
+    Case("teacher subcommand missing", lambda w: ["teacher"],
+         "the following arguments are required: {train}"),
     # ---- end of resume and runs, round 2
 
     # pair stores, round 2

@@ -8,6 +8,8 @@ Run directories have a fixed shape: ``config.json`` (the resolved :class:`Config
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import time
 from dataclasses import replace
@@ -18,10 +20,10 @@ import numpy as np
 import torch
 
 from . import image_api
-from .config import Config, load_config
+from .config import Config, apply_overrides, load_config
 from .data.arrays import load_points
 from .data.checkerboard import inside_fraction, sample_checkerboard
-from .errors import KDMError
+from .errors import KDMError, warn
 from .io import read_json, remove_temp_files, sha256_file, write_json
 from .models import KDM
 from .models.baselines import build_baseline, sampling_path_params, student_label, student_nfe
@@ -29,11 +31,11 @@ from .models.kdm_image import ImageKDM
 from .pairs import PairStore, write_pairs
 from .teachers import FlowMatchingTeacher, nfe
 from .training import TensorBatches, Trainer
-from .training.checkpoint import latest_checkpoint, load_into, load_weights
+from .training.checkpoint import latest_checkpoint, load_into, load_weights, step_of
 from .training.data import rank_batch_size
 from .training.distributed import init as init_distributed
 from .training.distributed import on_main, rank, world_size
-from .training.trainer import seed_everything
+from .training.trainer import read_log, seed_everything
 
 RUN_FORMAT = 1
 _START_TEMP = re.compile(r"\.(config|run)\.json\..+\.tmp")
@@ -43,12 +45,36 @@ _START_TEMP = re.compile(r"\.(config|run)\.json\..+\.tmp")
 def _check_new_run(out: str | Path, cfg: Config) -> None:
     """Refuse to overwrite another run. A directory holding only what the same command, killed
     before ``run.json``, left is fine: it is started over."""
+    check_out_path(out)
     out = Path(out)
     if (out / "run.json").exists():
         raise KDMError(f"{out} already holds a run; use --resume to continue it or pick "
                        "another --out")
     if out.exists() and any(not _start_debris(p, cfg) for p in out.iterdir()):
         raise KDMError(f"{out} exists and is not empty; pick another --out")
+
+
+def check_out_path(out: str | Path) -> None:
+    """Refuse an output path that could be written but never read back by name."""
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise KDMError(f"--out {os.fsencode(out)!r} is not valid UTF-8; pick a name in UTF-8 "
+                       "(run directories are recorded by name in JSON)") from None
+
+
+def absolute_sources(cfg: Config) -> None:
+    """Record file paths the config names (``data.source``, ``*.init``) as absolute, so that a
+    run resumes and evaluates from any directory."""
+    source = cfg.data.source
+    prefix, _, rest = source.partition(":")
+    if prefix in ("fashion-mnist", "mnist") and rest:
+        cfg.data.source = f"{prefix}:{Path(rest).resolve()}"
+    elif source not in ("checkerboard", "digits", "fashion-mnist"):
+        cfg.data.source = str(Path(source).resolve())
+    for train in (cfg.train, cfg.teacher_train):
+        if train.init:
+            train.init = str(Path(train.init).resolve())
 
 
 def _start_run(out: str | Path, cfg: Config, meta: dict[str, Any]) -> Path:
@@ -76,15 +102,64 @@ def _start_debris(path: Path, cfg: Config) -> bool:
 
 
 def read_run(run: str | Path) -> tuple[Config, dict[str, Any]]:
-    """The config and metadata of a run directory."""
+    """The config and metadata of a run directory (every field checked)."""
     run = Path(run)
     if not run.is_dir():
         raise KDMError(f"run directory not found: {run}")
     meta = read_json(run / "run.json", "run metadata")
-    if meta.get("format", 0) > RUN_FORMAT:
-        raise KDMError(f"{run} was written by a newer koopman-distill (run format "
-                       f"{meta['format']} > {RUN_FORMAT}); upgrade the package")
+    check_run_meta(meta, run)
     return load_config(str(run / "config.json")), meta
+
+
+_MAX_EXAMPLE = 1 << 28  # values per example: far above any real model, far below memory limits
+
+
+def check_run_meta(meta: Any, run: Path) -> None:
+    """Raise a one-line KDMError unless ``meta`` is a ``run.json`` this package can use."""
+    where = run / "run.json"
+
+    def bad(what: str) -> KDMError:
+        return KDMError(f"{where} {what}; the run's metadata is damaged (restore run.json or "
+                        "rerun)")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def count(v: Any, least: int = 0) -> bool:
+        return type(v) is int and v >= least
+
+    if not isinstance(meta, dict):
+        raise bad(f"holds a JSON {type(meta).__name__}, not an object")
+    fmt = meta.get("format")
+    if not count(fmt, 1):
+        raise bad(f"has format {fmt!r}, expected a positive integer")
+    if fmt > RUN_FORMAT:
+        raise KDMError(f"{run} was written by a newer koopman-distill (run format "
+                       f"{fmt} > {RUN_FORMAT}); upgrade the package")
+    kind = meta.get("kind")
+    if kind not in ("teacher", "kdm"):
+        raise KDMError(f"{run} has unknown run kind {kind!r}")
+    if not (number(meta.get("sigma_max")) and meta["sigma_max"] > 0):
+        raise bad(f"has sigma_max {meta.get('sigma_max')!r}, expected a positive number")
+    if "shape" in meta:
+        shape = meta["shape"]
+        if not (isinstance(shape, list) and len(shape) == 3 and all(count(v, 1) for v in shape)
+                and math.prod(shape) <= _MAX_EXAMPLE):
+            raise bad(f"has image shape {shape!r}, expected [channels, height, width]")
+        if not count(meta.get("num_classes")):
+            raise bad(f"has num_classes {meta.get('num_classes')!r}")
+    elif not (count(meta.get("dim"), 1) and meta["dim"] <= _MAX_EXAMPLE):
+        raise bad(f"has dim {meta.get('dim')!r}, expected a positive integer")
+    fields = ({"n_data": lambda v: count(v)} if kind == "teacher" else
+              {"pairs": lambda v: isinstance(v, str) and v != "",
+               "n_pairs": lambda v: count(v, 1),
+               "teacher": lambda v: v is None or isinstance(v, dict),
+               "nfe_teacher": lambda v: v is None or count(v)})
+    for key, ok in fields.items():
+        if key not in meta:
+            raise bad(f"lacks {key}")
+        if not ok(meta[key]):
+            raise bad(f"has {key} {meta[key]!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -141,6 +216,7 @@ def build_teacher(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
 def train_teacher(cfg: Config, out: str | Path) -> Path:
     """Train a teacher (flow-matching MLP for points, EDM UNet for images) into ``out``."""
     init_distributed()
+    absolute_sources(cfg)
     tensors, meta = _teacher_tensors(cfg)
     on_main(lambda: _check_new_run(out, cfg))
     return _fit_teacher(cfg, meta, Path(out), tensors, resume=False)
@@ -165,9 +241,10 @@ def _fit_teacher(cfg: Config, meta: dict[str, Any], out: Path,
     data = TensorBatches(tensors, rank_batch_size(cfg.teacher_train.batch_size),
                          cfg.teacher_train.seed, rank(), world_size())
     trainer = Trainer(model, data, cfg.teacher_train, out,
-                      device=resolve_device(cfg.teacher_train.device))
+                      device=resolve_device(cfg.teacher_train.device), name="teacher",
+                      resume_hint=f"kdm teacher train --resume {out}")
     if resume:
-        trainer.resume()
+        _resumed(trainer, cfg, out)
     else:
         on_main(lambda: _start_run(out, cfg, meta))  # rank 0 writes
     trainer.fit()
@@ -248,6 +325,7 @@ def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:
     """Distill the pair store ``pairs`` into a one-step KDM in a new run directory ``out``:
     MLP networks for vectors (N, D), UNets for images (N, C, R, R)."""
     init_distributed()
+    absolute_sources(cfg)
     store = PairStore(pairs)
     store.check_intact()
     if len(store.shape) not in (1, 3):
@@ -317,28 +395,97 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
                 res["inside"] = inside_fraction(ema(probe_noise).cpu().numpy())
         return res
 
-    trainer = Trainer(model, data, cfg.train, out, evaluate=evaluate, device=device)
+    trainer = Trainer(model, data, cfg.train, out, evaluate=evaluate, device=device,
+                      resume_hint=f"kdm train --resume {out}")
     if resume:
-        trainer.resume()
+        _resumed(trainer, cfg, out)
     else:
         on_main(lambda: _start_run(out, cfg, meta))  # rank 0 writes
     trainer.fit()
     return out
 
 
-def resume_run(run: str | Path) -> Path:
-    """Continue an interrupted ``train`` or ``teacher train`` run from its latest checkpoint."""
+# Settings a resumed run may change: they do not change what the steps already taken, or the
+# ones still to come, compute (``steps`` extends or shortens the run; a schedule that depends
+# on it is stretched, which is warned about).
+RESUMABLE = ("steps", "log_every", "eval_every", "ckpt_every", "keep_checkpoints",
+             "max_nonfinite", "progress", "device", "prefetch")
+
+
+def resume_run(run: str | Path, kind: str | None = None,
+               overrides: list[str] | None = None) -> Path:
+    """Continue an interrupted ``train`` or ``teacher train`` run from its newest complete
+    checkpoint. ``kind`` (``kdm`` or ``teacher``) refuses a run of the other kind;
+    ``overrides`` (``section.field=value``) may change only the trainer's :data:`RESUMABLE`
+    settings, e.g. ``train.steps=N`` to extend the run; they are saved to its config.json."""
     init_distributed()
     run = Path(run)
     cfg, meta = read_run(run)
-    if meta.get("kind") == "teacher":
-        return _fit_teacher(cfg, meta, run, _teacher_tensors(cfg)[0], resume=True)
-    if meta.get("kind") == "kdm":
-        store = PairStore(meta["pairs"])
-        store.check_intact()
-        pairs = store if _is_image(meta) else _pair_tensors(store)
-        return _fit_kdm(cfg, meta, run, pairs, resume=True)
-    raise KDMError(f"{run} has unknown run kind {meta.get('kind')!r}")
+    if kind is not None and meta["kind"] != kind:
+        other = ("kdm teacher train --resume" if meta["kind"] == "teacher"
+                 else "kdm train --resume")
+        raise KDMError(f"{run} is a {'teacher' if meta['kind'] == 'teacher' else 'KDM'} run; "
+                       f"continue it with `{other} {run}`")
+    section = "teacher_train" if meta["kind"] == "teacher" else "train"
+    new = _resume_overrides(cfg, overrides or [], section, run)
+    if meta["kind"] == "teacher":
+        return _fit_teacher(new, meta, run, _teacher_tensors(new)[0], resume=True)
+    store = PairStore(meta["pairs"])
+    store.check_intact()
+    pairs = store if _is_image(meta) else _pair_tensors(store)
+    return _fit_kdm(new, meta, run, pairs, resume=True)
+
+
+def _resume_overrides(cfg: Config, overrides: list[str], section: str, run: Path) -> Config:
+    """``cfg`` with ``overrides`` applied, refusing any that would change the run's result and
+    a step count the run has already passed."""
+    new = apply_overrides(cfg, overrides)
+    old_d, new_d = cfg.to_dict(), new.to_dict()
+    changed = [f"{sec}.{k}" for sec in old_d for k in (old_d[sec] if isinstance(old_d[sec], dict)
+               else ()) if old_d[sec][k] != new_d[sec][k]]
+    refused = [k for k in changed if k.split(".")[0] != section
+               or k.split(".", 1)[1] not in RESUMABLE]
+    if refused:
+        raise KDMError(f"--set {refused[0]} would change what the resumed run {run} learns; "
+                       f"with --resume only {section}.{{{','.join(RESUMABLE)}}} may change "
+                       f"(fine-tune with other settings in a new run: --set {section}.init={run})")
+    ckpt = latest_checkpoint(run)
+    steps, done = getattr(new, section).steps, step_of(ckpt) if ckpt else 0
+    if steps < done:
+        raise KDMError(f"{run} is at step {done}, beyond {section}.steps={steps}; give "
+                       f"--set {section}.steps=N with N >= {done}")
+    old_train, new_train = getattr(cfg, section), getattr(new, section)
+    if new_train.steps != old_train.steps:
+        stretched = [name for name, on in (
+            (f"{section}.lr_schedule=cosine", new_train.lr_schedule == "cosine"),
+            ("model.sigma_z_schedule=cosine", section == "train"
+             and new.model.sigma_z_schedule == "cosine")) if on]
+        if stretched:
+            warn(f"{' and '.join(stretched)} now run{'s' if len(stretched) == 1 else ''} over "
+                 f"{new_train.steps} steps from step {done} on, so the result differs from a "
+                 f"run planned with {new_train.steps} steps")
+    return new
+
+
+def _resumed(trainer: Trainer, cfg: Config, run: Path) -> None:
+    """Restore ``trainer`` from the run's checkpoint, then record settings changed on resume
+    (only once the checkpoint was read and found whole)."""
+    trainer.resume()
+    if read_json(run / "config.json", "run config") != cfg.to_dict():
+        on_main(lambda: write_json(run / "config.json", cfg.to_dict()))
+
+
+def run_summary(run: str | Path) -> str:
+    """One line on a run's state: step, last logged loss and newest checkpoint."""
+    run = Path(run)
+    cfg, meta = read_run(run)
+    steps = (cfg.teacher_train if meta["kind"] == "teacher" else cfg.train).steps
+    ckpt = latest_checkpoint(run)
+    rows = read_log(run / "log.jsonl") if (run / "log.jsonl").is_file() else []
+    losses = [r for r in rows if isinstance(r.get("loss"), (int, float))]
+    loss = f", loss {losses[-1]['loss']:.4g}" if losses else ""
+    where = f", checkpoint {ckpt}" if ckpt else ""
+    return f"{run}: step {step_of(ckpt) if ckpt else 0}/{steps}{loss}{where}"
 
 
 class OneStepGenerator:

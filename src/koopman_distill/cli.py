@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .config import BENCH_SUITES, Config, apply_overrides, preset
-from .errors import KDMError
+from .config import BENCH_SUITES, Config, apply_overrides, check_overrides_act, preset
+from .errors import KDMError, Stopped, first_line
 from .io import atomic_write, write_json
 
 EPILOG = ("Any config value can be set with --set section.field=value (repeatable), e.g. "
@@ -30,15 +30,29 @@ class _Parser(argparse.ArgumentParser):
         raise KDMError(f"{message} (see `{self.prog} --help`)")
 
 
+DEFAULT_PRESET = "checkerboard"
+# The config sections each training command reads. A teacher run's pairs section is the
+# default of `kdm pairs`; a KDM run takes its data section from the pair store.
+TEACHER_SECTIONS = ("data", "teacher", "teacher_train", "pairs")
+TRAIN_SECTIONS = ("model", "train", "eval")
+
+
 def _config(args: argparse.Namespace, base: Config | None = None) -> Config:
-    cfg = base if base is not None else preset(args.preset)
+    cfg = base if base is not None else preset(args.preset or DEFAULT_PRESET)
     return apply_overrides(cfg, args.set or [])
+
+
+def _refuse(args: argparse.Namespace, because: str, *options: str) -> None:
+    """One-line error when any of ``options`` (``--name``) was given, since ``because``."""
+    given = [o for o in options if getattr(args, o[2:].replace("-", "_"), None)]
+    if given:
+        raise KDMError(f"{' and '.join(given)} cannot be used {because}")
 
 
 def _add_config_args(p: argparse.ArgumentParser, with_preset: bool = True) -> None:
     if with_preset:
-        p.add_argument("--preset", default="checkerboard",
-                       help="named configuration (default: checkerboard); see `kdm config`")
+        p.add_argument("--preset", help=f"named configuration (default: {DEFAULT_PRESET}); "
+                       "see `kdm config`")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one config value, e.g. train.steps=2000")
 
@@ -59,18 +73,29 @@ def cmd_config(args: argparse.Namespace) -> None:
     print(_config(args).to_json())
 
 
+def _resume(args: argparse.Namespace, kind: str, *fixed: str) -> None:
+    """``--resume RUN``: only ``--set`` of the trainer's resumable settings may come along."""
+    from . import api
+
+    _refuse(args, "with --resume (the run keeps its own; only --set train.steps=N and other "
+            "bookkeeping settings may change)", *fixed)
+    run = api.resume_run(args.resume, kind, args.set or [])
+    print(f"{'teacher run' if kind == 'teacher' else 'run'}: {api.run_summary(run)}")
+
+
 def cmd_teacher_train(args: argparse.Namespace) -> None:
     from . import api
 
     if args.resume:
-        print(f"teacher run: {api.resume_run(args.resume)}")
+        _resume(args, "teacher", "--out", "--data", "--preset")
         return
     if not args.out:
         raise KDMError("give --out RUN_DIR for a new teacher run (or --resume RUN_DIR)")
     cfg = _config(args)
+    check_overrides_act(cfg, args.set or [], TEACHER_SECTIONS, "kdm teacher train")
     if args.data:
         cfg.data.source = args.data
-    print(f"teacher run: {api.train_teacher(cfg, args.out)}")
+    print(f"teacher run: {api.run_summary(api.train_teacher(cfg, args.out))}")
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
@@ -115,11 +140,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from . import api
 
     if args.resume:
-        print(f"run: {api.resume_run(args.resume)}")
+        _resume(args, "kdm", "--out", "--pairs", "--preset")
         return
     if not (args.pairs and args.out):
         raise KDMError("give --pairs STORE and --out RUN_DIR (or --resume RUN_DIR)")
-    print(f"run: {api.train_kdm(_config(args), args.pairs, args.out)}")
+    cfg = _config(args)
+    check_overrides_act(cfg, args.set or [], TRAIN_SECTIONS, "kdm train")
+    print(f"run: {api.run_summary(api.train_kdm(cfg, args.pairs, args.out))}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -248,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_config)
 
     s = sub.add_parser("teacher", help="teacher commands: `kdm teacher train`")
-    tsub = s.add_subparsers(dest="teacher_command", required=True, parser_class=_Parser)
+    tsub = s.add_subparsers(dest="teacher_command", required=True, parser_class=_Parser,
+                            metavar="{train}")
     t = tsub.add_parser("train", help="train a teacher (flow-matching MLP for points, EDM UNet "
                         "for images)", epilog=EPILOG)
     t.add_argument("--out", help="new run directory")
@@ -366,21 +394,63 @@ def _end_progress_bars() -> None:
         bar.close()
 
 
+def _continue_hint(argv: list[str]) -> str:
+    """What continues a command that was interrupted."""
+    def value(flag: str) -> str | None:
+        return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+    run = value("--resume") or value("--out")
+    if argv[:2] == ["teacher", "train"] and run:
+        return f"continue with `kdm teacher train --resume {run}`"
+    if argv[:1] == ["train"] and run:
+        return f"continue with `kdm train --resume {run}`"
+    if argv[:1] in (["pairs"], ["demo"], ["bench"]):
+        return "rerun the same command to continue where it stopped"
+    return "nothing was written; rerun the command"
+
+
+def _fail(message: str, code: int = 2) -> int:
+    _end_progress_bars()
+    print(f"kdm: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    return code
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or (
+        isinstance(e, RuntimeError) and any(s in str(e) for s in (
+            "can't allocate memory", "out of memory", "not enough memory")))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``kdm``; every failure ends in one ``kdm: error:`` line and exit code 2 (a run
+    stopped by a signal after its checkpoint: one line and 128 + the signal number)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) >= 2 and argv[0] == "pairs" and argv[1] in ("import", "verify"):
         argv = [f"pairs-{argv[1]}", *argv[2:]]
     try:
         args = build_parser().parse_args(argv)
         _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the guard
     except KDMError as e:  # one line, even when the message quotes a multi-line input
-        _end_progress_bars()
-        print(f"kdm: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
-        return 2
+        return _fail(str(e))
+    except Stopped as e:
+        return _fail(str(e), e.code)
     except KeyboardInterrupt:
-        print("kdm: interrupted; rerun the same command (or --resume RUN) to continue",
-              file=sys.stderr)
-        return 130
+        return _fail(f"interrupted; {_continue_hint(argv)}", 130)
+    except BrokenPipeError:  # e.g. `kdm config | head -1`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        return _fail(f"cannot access{where}: {e.strerror or e}; check the path, its "
+                     "permissions and free space")
+    except RecursionError:
+        return _fail("input nested too deeply to read; check the files given")
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        return _fail(f"out of memory ({first_line(e)}); use a smaller --n, batch size or "
+                     "model, or a machine with more memory")
     return 0
 
 

@@ -504,6 +504,42 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+def override_keys(overrides: list[str]) -> list[str]:
+    """The ``section.field`` keys of ``section.field=value`` overrides."""
+    return [item.partition("=")[0].strip() for item in overrides]
+
+
+_KDM_ONLY = ("koopman", "koopman_bias", "sigma_z", "sigma_z_schedule", "w_latent", "w_rec",
+             "w_push", "w_inverse", "w_spectrum", "spectrum_target", "r_min", "r_max")
+_EIGEN_ONLY = ("w_inverse", "w_spectrum", "spectrum_target", "r_min", "r_max")
+_KDM = ("model.method=kdm", lambda c: c.model.method == "kdm")
+_EIGEN = ("model.koopman=eigen", lambda c: c.model.koopman == "eigen")
+# Model settings that act only together with others: key -> [(that setting, its test)].
+_ONLY_WITH: dict[str, list[tuple[str, Any]]] = {
+    **{f"model.{k}": [_KDM] + ([_EIGEN] if k in _EIGEN_ONLY else []) for k in _KDM_ONLY},
+    "model.koopman_bias": [_KDM, ("model.koopman=dense", lambda c: c.model.koopman == "dense")],
+    "model.sample_steps": [("model.method=rectified", lambda c: c.model.method == "rectified")],
+    "model.huber_c": [("model.distance=pseudo_huber",
+                       lambda c: c.model.distance == "pseudo_huber")],
+    "model.lpips_weights": [("model.distance=lpips", lambda c: c.model.distance == "lpips")],
+}
+
+
+def check_overrides_act(cfg: Config, overrides: list[str], sections: tuple[str, ...],
+                        command: str) -> None:
+    """Refuse an override that ``command`` would ignore: one of a section it does not read, or
+    a model setting that does nothing with the chosen model (an eigen-only option with a dense
+    ``K``, say)."""
+    for key in override_keys(overrides):
+        if key.split(".")[0] not in sections:
+            raise KDMError(f"--set {key} has no effect on `{command}`, which reads only the "
+                           f"{', '.join(sections)} settings; drop it")
+        for needs, test in _ONLY_WITH.get(key, []):
+            if not test(cfg):
+                raise KDMError(f"--set {key} has no effect without {needs}; set that too or "
+                               "drop it")
+
+
 def load_config(path: str) -> Config:
     """Read a saved ``config.json``."""
     from .io import read_json

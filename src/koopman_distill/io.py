@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import KDMError
+from .errors import KDMError, first_line
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -33,7 +33,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+        chmod_default(tmp)  # mkstemp creates 0600
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -43,6 +43,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if isinstance(e, OSError):
             raise write_failed(path, e, "nothing was changed") from None
         raise
+
+
+def chmod_default(path: str | os.PathLike) -> None:
+    """Give a file the mode a plain ``open`` would: 0666 less the umask."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 def remove_temp_files(directory: str | os.PathLike, name: str) -> None:
@@ -72,15 +77,23 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read JSON, turning a missing or malformed file into a one-line KDMError."""
+    """Read JSON, turning a missing, unreadable or malformed file (including one nested too
+    deeply to parse) into a one-line KDMError."""
     path = Path(path)
-    if not path.is_file():
-        raise KDMError(f"{what} not found: {path}")
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise KDMError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise KDMError(f"{what} {path} is a directory, not a file") from None
+    except OSError as e:
+        raise KDMError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise KDMError(f"{what} {path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); "
                        "it may be truncated or corrupt") from None
-    except OSError as e:
-        raise KDMError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except (RecursionError, ValueError) as e:  # nesting too deep, integers too long
+        raise KDMError(f"{what} {path} is not a file koopman-distill wrote "
+                       f"({type(e).__name__}: {first_line(e)}); it may be corrupt") from None

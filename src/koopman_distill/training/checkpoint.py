@@ -7,6 +7,12 @@ is replaced atomically, so the previous checkpoint stays valid until the new one
 Old checkpoints are renamed away before they are deleted, so every ``step-*`` directory is
 whole. Each checkpoint also keeps a copy of the run's ``config.json``, so that weights that do
 not fit the model can be explained by the config fields that changed.
+
+The checkpoint a run continues from (or samples with) is the newest complete ``step-*``
+directory; ``latest`` normally names it, and when the pointer is missing, unreadable or names
+anything else (another directory, a missing or older checkpoint) a warning says so. Nothing
+here deletes a complete checkpoint other than by pruning the oldest beyond ``keep``, and a
+``step-*`` directory that is not complete is left alone.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -23,11 +30,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import KDMError, first_line
-from ..io import atomic_write, remove_temp_files, write_failed
+from ..errors import KDMError, first_line, warn
+from ..io import atomic_write, chmod_default, remove_temp_files, write_failed
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest"
+FILES = ("model.safetensors", "ema.safetensors", "state.pt")  # what makes a checkpoint whole
+_STEP = re.compile(r"step-(\d{8,})")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -45,10 +54,14 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: dict[str, torc
     A failed write (e.g. a full disk) raises a KDMError and leaves the previous checkpoint and
     pointer as they were.
     """
-    root = Path(run_dir) / CKPT_DIR
+    root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     final = root / name
+    if final.exists() and not _complete(final):  # damaged from outside: kept under a new name
+        aside = _free_name(root, f"{name}.incomplete")
+        os.replace(final, aside)
+        warn(f"{final} was incomplete; moved to {aside.name} and written anew")
     if not final.exists():
         tmp = root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -67,10 +80,17 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: dict[str, torc
     return final
 
 
+def _free_name(root: Path, name: str) -> Path:
+    """``root/name``, or ``root/name-N`` with the first N that is not taken."""
+    path, n = root / name, 1
+    while path.exists():
+        path, n = root / f"{name}-{n}", n + 1
+    return path
+
+
 def _prune(root: Path, current: str, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints, never ``current``."""
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in steps[:-max(keep, 1)]:
+    """Delete all but the newest ``keep`` complete checkpoints, never ``current``."""
+    for old in complete_checkpoints(root.parent)[:-max(keep, 1)]:
         if old.name != current:
             _remove(old)
 
@@ -84,6 +104,7 @@ def _write_files(tmp: Path, run_dir: Path, model: dict[str, torch.Tensor],
     if (run_dir / "config.json").is_file():
         shutil.copyfile(run_dir / "config.json", tmp / "config.json")
     for f in tmp.iterdir():
+        chmod_default(f)  # safetensors creates 0600 files; give every file the usual mode
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
 
@@ -97,36 +118,97 @@ def _remove(ckpt: Path) -> None:
 
 
 def discard_after(run_dir: str | os.PathLike, ckpt: Path | None, keep: int) -> None:
-    """Finish what a killed save left: drop temporary directories and the checkpoints newer
-    than ``ckpt`` (the one resumed from; None: all), which ``latest`` never pointed at, and
-    prune to the newest ``keep``."""
+    """Finish what a killed save left: drop temporary directories and pointer files and, when
+    resuming from ``ckpt``, point ``latest`` at it and prune to the newest ``keep`` complete
+    checkpoints. Complete
+    checkpoints newer than ``ckpt`` cannot exist (it is the newest) and incomplete ones are
+    left alone."""
     root = Path(run_dir) / CKPT_DIR
+    if not root.is_dir():
+        return
     for p in root.glob(".*-step-*"):
         shutil.rmtree(p, ignore_errors=True)
     remove_temp_files(root, LATEST)
-    for p in root.glob("step-*"):
-        if p.is_dir() and (ckpt is None or p.name > ckpt.name):
-            _remove(p)
     if ckpt is not None:
+        if _pointer(root) != ckpt.name:  # repair a lost or stale pointer
+            atomic_write(root / LATEST, lambda p: Path(p).write_text(ckpt.name + "\n"))
         _prune(root, ckpt.name, keep)
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint ``latest`` points at, or None when the run has none yet."""
-    pointer = Path(run_dir) / CKPT_DIR / LATEST
-    if not pointer.is_file():
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/checkpoints``; a KDMError when that path exists and is not a directory."""
+    root = Path(run_dir) / CKPT_DIR
+    if root.exists() and not root.is_dir():
+        raise KDMError(f"{root} is not a directory; a run keeps its checkpoints there, so move "
+                       "that file away")
+    return root
+
+
+def step_of(ckpt: Path) -> int:
+    """The step in a checkpoint directory's name, ``step-00000020`` -> 20."""
+    return int(_STEP.fullmatch(ckpt.name).group(1))
+
+
+def _complete(path: Path) -> bool:
+    return path.is_dir() and all((path / f).is_file() for f in FILES)
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's complete ``step-*`` checkpoint directories, oldest first."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _STEP.fullmatch(p.name) and _complete(p)]
+    return sorted(found, key=step_of)
+
+
+def _pointer(root: Path) -> str | None:
+    """The checkpoint name ``latest`` holds, or None when it is missing or unreadable."""
+    try:
+        with open(root / LATEST, "rb") as f:
+            return f.read(64).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    path = pointer.parent / pointer.read_text().strip()
-    if not path.is_dir():
-        raise KDMError(f"checkpoint pointer {pointer} names a missing checkpoint {path.name}")
-    return path
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint to continue from or sample with: the newest complete one (None when the
+    run has no checkpoint directory yet). Warns when ``latest`` does not name it, and raises
+    a KDMError when ``step-*`` directories exist but none is complete (nothing is deleted)."""
+    root = checkpoints_dir(run_dir)
+    found = complete_checkpoints(run_dir)
+    partial = sorted(p.name for p in root.glob("step-*")
+                     if _STEP.fullmatch(p.name) and not _complete(p)) if root.is_dir() else []
+    if not found:
+        if partial:
+            missing = [f for f in FILES if not (root / partial[-1] / f).is_file()]
+            raise KDMError(f"{root} holds no complete checkpoint ({partial[-1]} lacks "
+                           f"{', '.join(missing)}); restore the missing files, or move the "
+                           "step-* directories away to start the run over")
+        return None
+    newest, name = found[-1], _pointer(root)
+    if name != newest.name:
+        why = ("is missing or unreadable" if name is None
+               else f"names {name!r}, which is not a complete checkpoint of this run"
+               if not (_STEP.fullmatch(name) and _complete(root / name))
+               else f"names the older {name}")
+        warn(f"{root / LATEST} {why}; using the newest complete checkpoint {newest.name}")
+    for p in partial:
+        if p > newest.name:
+            warn(f"{root / p} is incomplete and left as it is; using {newest.name}")
+    return newest
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a safetensors weight file with a one-line error if it is missing or corrupt."""
     path = Path(path)
-    if not path.is_file():
-        raise KDMError(f"weights not found: {path}")
+    try:
+        with open(path, "rb"):  # tells a missing file from one that cannot be read
+            pass
+    except FileNotFoundError:
+        raise KDMError(f"weights not found: {path}") from None
+    except OSError as e:
+        raise KDMError(f"cannot read weights {path}: {e.strerror or e}") from None
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises several types for corrupt headers

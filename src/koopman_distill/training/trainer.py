@@ -23,6 +23,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..errors import KDMError
+from ..errors import KDMError, Stopped, first_line
 from ..io import atomic_write, remove_temp_files, write_failed
 from . import rng
 from .checkpoint import (
@@ -44,6 +46,7 @@ from .checkpoint import (
     load_state,
     load_weights,
     save_checkpoint,
+    step_of,
 )
 from .data import Prefetch
 from .distributed import all_reduce_mean_, barrier, broadcast_, is_main, rank, world_size
@@ -106,7 +109,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, data: Iterator[dict[str, torch.Tensor]],
                  cfg: TrainConfig, run_dir: str | Path, evaluate: Evaluate | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", name: str = "train",
+                 resume_hint: str = ""):
         lr_at(cfg, 0)  # validates the schedule name before any work
         if cfg.precision not in PRECISIONS:
             raise KDMError(f"unknown train.precision {cfg.precision!r}; choose fp32, bf16 or fp16")
@@ -141,6 +145,9 @@ class Trainer:
             self.part_gen.set_state(self._device_rng().get("rng_cuda", torch.get_rng_state()))
         self.step, self.elapsed, self.nonfinite_total = 0, 0.0, 0
         self.log_path = self.run_dir / "log.jsonl"
+        # the progress bar's label, and the command that continues the run after a stop
+        self.name, self.resume_hint = name, resume_hint
+        self._signal: int | None = None  # SIGTERM / SIGINT received: checkpoint and stop
 
     # -- state -------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -171,32 +178,75 @@ class Trainer:
                                self.cfg.keep_checkpoints)
 
     def resume(self) -> bool:
-        """Restore the latest checkpoint; False when the run has none. Either way, drop what a
-        killed run wrote after it (log rows, checkpoints ``latest`` never pointed at)."""
+        """Restore the newest complete checkpoint; False when the run has none yet. The whole
+        checkpoint is read and checked before anything is written; then what a killed run
+        wrote after it (log rows, temporary files) is dropped."""
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             self._discard_after(None)
             return False
-        load_into(self.model, load_weights(ckpt / "model.safetensors"), ckpt)
-        load_into(self.ema.model, load_weights(ckpt / "ema.safetensors"), ckpt)
+        model_w = load_weights(ckpt / "model.safetensors")
+        ema_w = load_weights(ckpt / "ema.safetensors")
         state = load_state(ckpt)
-        self.opt.load_state_dict(state["optimizer"])
-        if self.critic_opt is not None:
-            self.critic_opt.load_state_dict(state["critic_optimizer"])
-        self.ema.updates = int(state["ema_updates"])
+        self._check_state(state, ckpt)
+        load_into(self.model, model_w, ckpt)
+        load_into(self.ema.model, ema_w, ckpt)
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+            if self.critic_opt is not None:
+                self.critic_opt.load_state_dict(state["critic_optimizer"])
+            torch.set_rng_state(state["rng_torch"])
+            if "rng_cuda" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+            part_key = "rng_cuda" if self.device.type == "cuda" else "rng_torch"
+            if self.part_gen is not None and part_key in state:
+                self.part_gen.set_state(state[part_key])
+            if self.scaler is not None and "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise KDMError(f"{ckpt / 'state.pt'} does not fit this run's optimizer or random "
+                           f"state ({first_line(e)}); the checkpoint is damaged or from another "
+                           "run") from None
+        self.ema.updates = state["ema_updates"]
         self.data.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng_torch"])
-        if "rng_cuda" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-        part_key = "rng_cuda" if self.device.type == "cuda" else "rng_torch"
-        if self.part_gen is not None and part_key in state:
-            self.part_gen.set_state(state[part_key])
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
-        self.nonfinite_total = int(state["nonfinite_total"])
+        self.step, self.elapsed = state["step"], float(state["elapsed"])
+        self.nonfinite_total = state["nonfinite_total"]
         self._discard_after(ckpt)
         return True
+
+    def _check_state(self, state: Any, ckpt: Path) -> None:
+        """Raise a one-line KDMError unless ``state`` (a loaded state.pt) has every entry this
+        trainer restores, with the right types and ranges."""
+        where = ckpt / "state.pt"
+
+        def bad(what: str) -> KDMError:
+            return KDMError(f"{where} {what}; the checkpoint is damaged or not from "
+                            "koopman-distill")
+
+        if not isinstance(state, dict):
+            raise bad(f"holds a {type(state).__name__}, not the trainer's state")
+        need = {"step": int, "optimizer": dict, "ema_updates": int, "data": dict,
+                "rng_torch": torch.Tensor, "elapsed": (int, float), "nonfinite_total": int}
+        if self.critic_opt is not None:
+            need["critic_optimizer"] = dict
+        missing = sorted(set(need) - set(state))
+        if missing:
+            raise bad(f"lacks {', '.join(missing)}")
+        for key, tp in need.items():
+            if not isinstance(state[key], tp) or isinstance(state[key], bool):
+                raise bad(f"has {key} of type {type(state[key]).__name__}")
+        for key in ("step", "ema_updates", "nonfinite_total"):
+            if state[key] < 0:
+                raise bad(f"has a negative {key} ({state[key]})")
+        if state["step"] != step_of(ckpt):
+            raise bad(f"is at step {state['step']} but lies in {ckpt.name}")
+        if not (math.isfinite(state["elapsed"]) and state["elapsed"] >= 0):
+            raise bad(f"has elapsed time {state['elapsed']!r}")
+        position = self.data.state_dict()
+        if (set(state["data"]) != set(position) or not all(
+                type(v) is int and v >= 0 for v in state["data"].values())):
+            raise bad(f"has data position {state['data']!r}, expected non-negative integers "
+                      f"{sorted(position)}")
 
     def _discard_after(self, ckpt: Path | None) -> None:
         if not is_main():
@@ -219,12 +269,60 @@ class Trainer:
                 raise write_failed(self.log_path, e, f"the last checkpoint is "
                                    f"{ckpt.name if ckpt else 'none'}") from None
 
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While training, SIGTERM (a cluster's pre-emption notice) and SIGINT (Ctrl-C) let the
+        current step finish; the run then checkpoints and stops. A second Ctrl-C interrupts at
+        once. (Signals can only be caught in the main thread; elsewhere they act as usual.)"""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _stop_requested(self) -> bool:
+        """Whether any process got a stop signal (all processes agree, so they stop at the
+        same step)."""
+        if self.world == 1:
+            return self._signal is not None
+        flag = torch.tensor([float(self._signal is not None)], device=self.device)
+        all_reduce_mean_([flag])
+        return bool(flag.item() > 0)
+
+    def _stopped(self) -> Stopped:
+        sig = self._signal or signal.SIGTERM
+        ckpt = latest_checkpoint(self.run_dir) if is_main() else None
+        written = f"checkpoint {ckpt.name} written" if ckpt else "checkpoint written"
+        hint = f"; continue with `{self.resume_hint}`" if self.resume_hint else ""
+        return Stopped(f"stopped by {signal.Signals(sig).name} at step {self.step}, {written}"
+                       f"{hint}", 128 + sig)
+
     def fit(self) -> dict[str, float]:
-        """Run to ``cfg.steps``; returns the last evaluation (empty when none ran)."""
-        cfg = self.cfg
+        """Run to ``cfg.steps``; returns the last evaluation (empty when none ran). On SIGTERM
+        or SIGINT the run writes a checkpoint at the current step and raises :class:`Stopped`."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and is_main()),
-                   dynamic_ncols=True, desc="train")
+        bar = tqdm(total=self.cfg.steps, initial=self.step, dynamic_ncols=True, desc=self.name,
+                   disable=not (self.cfg.progress and is_main()))
+        try:
+            with self._stop_on_signals():
+                return self._loop(bar)
+        finally:
+            bar.close()
+            if isinstance(self.data, Prefetch):
+                self.data.close()
+
+    def _loop(self, bar: tqdm) -> dict[str, float]:
+        cfg = self.cfg
         sums: dict[str, float] = {}
         count, consecutive, last_eval = 0, 0, {}
         t_start = time.perf_counter() - self.elapsed
@@ -290,11 +388,12 @@ class Trainer:
                 last_eval = self.evaluate(self.ema.model, self.step)
                 self._log({"step": self.step, **{f"eval/{k}": v for k, v in last_eval.items()}})
                 self.model.train()
-            if is_main() and (self.step % cfg.ckpt_every == 0 or done):
+            stop = self._stop_requested()
+            if is_main() and (self.step % cfg.ckpt_every == 0 or done or stop):
                 self.save()
-        bar.close()
-        if isinstance(self.data, Prefetch):
-            self.data.close()
+            if stop and not done:
+                barrier()
+                raise self._stopped()
         barrier()  # no process leaves before rank 0 has written the last checkpoint
         return last_eval
 
@@ -401,11 +500,18 @@ class Trainer:
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``log.jsonl``, up to a torn last line."""
+    """The rows of a ``log.jsonl``, up to a torn last line (a killed run's); a damaged line
+    before the last is a KDMError rather than a reason to drop the rows after it."""
+    lines = path.read_text(errors="replace").splitlines()
     rows = []
-    for line in path.read_text().splitlines():
+    for i, line in enumerate(lines):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line from a killed run
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if not (isinstance(row, dict) and type(row.get("step")) is int):
+            if i == len(lines) - 1:
+                break
+            raise KDMError(f"{path} line {i + 1} is not a log row; fix or delete that line")
+        rows.append(row)
     return rows
