@@ -242,7 +242,8 @@ def test_other_runtime_errors_keep_their_traceback(monkeypatch):
      "continue with `kdm train --resume R`"),
     (["train", "--resume", "R"], "continue with `kdm train --resume R`"),
     (["teacher", "train", "--out", "T"], "continue with `kdm teacher train --resume T`"),
-    (["pairs", "--teacher", "T", "--out", "S"], "rerun the same command to continue where it stopped"),
+    (["pairs", "--teacher", "T", "--out", "S"],
+     "rerun the same command to continue where it stopped"),
     (["sample", "R", "--n", "5", "--out", "s.npy"], "nothing was written; rerun the command"),
 ])
 def test_interrupt_message_names_the_command_that_continues(monkeypatch, argv, hint):
