@@ -254,3 +254,25 @@ def test_interrupt_message_names_the_command_that_continues(monkeypatch, argv, h
     code, _, err = run_cli(*argv)
     assert code == 130
     assert err == f"kdm: error: interrupted; {hint}\n"
+
+
+def test_permission_problems_are_named(tiny, monkeypatch):
+    """An unreadable file is reported as such, not as missing (root ignores file modes, so the
+    denial is simulated)."""
+    from koopman_distill import io as kio
+    from koopman_distill.training import checkpoint as ckpt_module
+
+    real = open
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith(("ema.safetensors", "run.json")):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_module, "open", denied, raising=False)
+    code, _, err = run_cli("sample", tiny["kdm"], "--n", 3, "--out", "/nonexistent/x.npy")
+    assert code == 2 and "ema.safetensors: Permission denied" in err
+    monkeypatch.setattr(kio, "open", denied, raising=False)
+    code, _, err = run_cli("sample", tiny["kdm"], "--n", 3, "--out", "/nonexistent/x.npy")
+    assert code == 2 and err.startswith("kdm: error: cannot read run metadata ")
+    assert "run.json: Permission denied" in err
