@@ -416,7 +416,7 @@ CASES: list[Case] = [
     Case("trainer state of another step", _resume(lambda r: edit_state(
         r, lambda st: st.update(step=7))), "is at step 7 but lies in step-00000020"),
     Case("trainer state of a wrong type", _resume(lambda r: edit_state(
-        r, lambda st: st.update(elapsed="soon"))), "has elapsed of type str"),
+        r, lambda st: st.update(ema_updates="soon"))), "has ema_updates of type str"),
     Case("trainer state with a bad data position", _resume(lambda r: edit_state(
         r, lambda st: st.update(data={"epoch": -1, "offset": 0}))), "has data position"),
     Case("trainer state that is a list", _resume(lambda r: torch.save(

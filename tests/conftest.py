@@ -47,7 +47,7 @@ def read_json(path: Path):
 
 def contents(root: Path) -> dict[str, object]:
     """Every file under ``root`` by relative path, comparable with ``==``: bytes;
-    ``log.jsonl`` rows without wall times; ``state.pt`` as loaded, without elapsed time."""
+    ``log.jsonl`` rows without wall times."""
     out: dict[str, object] = {}
     for p in sorted(root.rglob("*")):
         if p.is_dir():
@@ -56,21 +56,7 @@ def contents(root: Path) -> dict[str, object]:
         if p.name == "log.jsonl":
             rows = [json.loads(line) for line in p.read_text().splitlines()]
             out[rel] = [{k: v for k, v in r.items() if k != "time"} for r in rows]
-        elif p.name == "state.pt":
-            state = torch.load(p, weights_only=True)
-            state.pop("elapsed")
-            out[rel] = _plain(state)
         else:
             out[rel] = p.read_bytes()
     return out
 
-
-def _plain(x: object) -> object:
-    """Nested state with tensors as (dtype, shape, bytes)."""
-    if isinstance(x, torch.Tensor):
-        return (str(x.dtype), tuple(x.shape), x.numpy().tobytes())
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x

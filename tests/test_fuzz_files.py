@@ -141,8 +141,7 @@ def _kind(v) -> str:
 STRICT = {
     "run.json": ["format", "kind", "sigma_max", "dim", "pairs", "n_pairs", "teacher",
                  "nfe_teacher"],
-    "state.pt": ["step", "optimizer", "ema_updates", "data", "rng_torch", "elapsed",
-                 "nonfinite_total"],
+    "state.pt": ["step", "optimizer", "ema_updates", "data", "rng_torch", "nonfinite_total"],
     "manifest": ["format", "version", "complete", "count", "shard_size", "shape", "dtypes",
                  "order", "sigma_max", "shards"],
 }

@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -100,13 +101,26 @@ def _write_files(tmp: Path, run_dir: Path, model: dict[str, torch.Tensor],
     tmp.mkdir()
     save_file({k: v.contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
     save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-    torch.save(state, tmp / "state.pt")
+    torch.save(_canonical(state), tmp / "state.pt")
     if (run_dir / "config.json").is_file():
         shutil.copyfile(run_dir / "config.json", tmp / "config.json")
     for f in tmp.iterdir():
         chmod_default(f)  # safetensors creates 0600 files; give every file the usual mode
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
+
+
+def _canonical(obj: Any) -> Any:
+    """``obj`` rebuilt with every string interned and no container shared, so that equal state
+    pickles to equal bytes whether it was computed or loaded (pickle's memo follows object
+    identity)."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_canonical(v) for v in obj)
+    return obj
 
 
 def _remove(ckpt: Path) -> None:

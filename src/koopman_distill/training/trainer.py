@@ -156,7 +156,7 @@ class Trainer:
             extra["scaler"] = self.scaler.state_dict()
         return {**extra, "step": self.step, "optimizer": self.opt.state_dict(),
                 "ema_updates": self.ema.updates, "data": self.data.state_dict(),
-                "rng_torch": torch.get_rng_state(), "elapsed": self.elapsed,
+                "rng_torch": torch.get_rng_state(),
                 "nonfinite_total": self.nonfinite_total, **self._device_rng(),
                 **self._part_rng()}
 
@@ -209,7 +209,7 @@ class Trainer:
                            "run") from None
         self.ema.updates = state["ema_updates"]
         self.data.load_state_dict(state["data"])
-        self.step, self.elapsed = state["step"], float(state["elapsed"])
+        self.step = state["step"]
         self.nonfinite_total = state["nonfinite_total"]
         self._discard_after(ckpt)
         return True
@@ -226,7 +226,7 @@ class Trainer:
         if not isinstance(state, dict):
             raise bad(f"holds a {type(state).__name__}, not the trainer's state")
         need = {"step": int, "optimizer": dict, "ema_updates": int, "data": dict,
-                "rng_torch": torch.Tensor, "elapsed": (int, float), "nonfinite_total": int}
+                "rng_torch": torch.Tensor, "nonfinite_total": int}
         if self.critic_opt is not None:
             need["critic_optimizer"] = dict
         missing = sorted(set(need) - set(state))
@@ -240,8 +240,6 @@ class Trainer:
                 raise bad(f"has a negative {key} ({state[key]})")
         if state["step"] != step_of(ckpt):
             raise bad(f"is at step {state['step']} but lies in {ckpt.name}")
-        if not (math.isfinite(state["elapsed"]) and state["elapsed"] >= 0):
-            raise bad(f"has elapsed time {state['elapsed']!r}")
         position = self.data.state_dict()
         if (set(state["data"]) != set(position) or not all(
                 type(v) is int and v >= 0 for v in state["data"].values())):
@@ -251,12 +249,17 @@ class Trainer:
     def _discard_after(self, ckpt: Path | None) -> None:
         if not is_main():
             return
+        have = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        rows = [r for r in read_log(self.log_path) if r["step"] <= self.step] if have else []
+        # the wall time so far is the last kept row's (state.pt holds no wall time, so that a
+        # resumed run's checkpoints are bitwise those of an uninterrupted one)
+        times = [r["time"] for r in rows if type(r.get("time")) in (int, float)]
+        self.elapsed = float(times[-1]) if times and math.isfinite(times[-1]) else 0.0
         discard_after(self.run_dir, ckpt, self.cfg.keep_checkpoints)
         remove_temp_files(self.run_dir, self.log_path.name)
-        if self.log_path.exists():
-            rows = [r for r in read_log(self.log_path) if r["step"] <= self.step]
-            atomic_write(self.log_path, lambda p: Path(p).write_text(
-                "".join(json.dumps(r) + "\n" for r in rows)))
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        if text != have:
+            atomic_write(self.log_path, lambda p: Path(p).write_text(text))
 
     # -- loop --------------------------------------------------------------------------------
     def _log(self, row: dict[str, Any]) -> None:
