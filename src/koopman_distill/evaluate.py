@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,13 @@ from .data.checkerboard import far_misses, sample_checkerboard
 from .io import write_json
 from .metrics.twod import evaluate_2d, paired_error, sliced_wasserstein
 from .pairs import PairStore
+
+
+def memory_needed(ecfg: EvalConfig, shape: tuple[int, ...]) -> int:
+    """Rough bytes an evaluation of ``ecfg.n`` examples of ``shape`` holds at once: noise,
+    samples, teacher samples, reference and training pairs with their float64 copies (about
+    16 float32 arrays of (n, *shape)), and for images two sets of float64 features (n, 2048)."""
+    return ecfg.n * (64 * math.prod(shape) + (32 * 2048 if len(shape) == 3 else 0))
 
 
 def run_teacher(meta: dict[str, Any]) -> Any:
