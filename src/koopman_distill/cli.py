@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import BENCH_SUITES, Config, apply_overrides, preset
-from .data.arrays import available_memory, check_disk, check_memory, load_array
+from .data import arrays
+from .data.arrays import check_disk, check_memory, load_array
 from .errors import KDMError
 from .io import atomic_write, read_json, write_json
 
@@ -250,7 +251,7 @@ def _sample_chunk(out: Path, n: int, shape: tuple[int, ...], classes: int, block
     check_disk(out, len(_npy_header((n, *shape))) + n * row, what,
                "pick a smaller --n or an --out on a larger disk")
     labels = 8 * n if classes else 0
-    room = min(64 << 20, max(available_memory() - labels, 0) // 8)
+    room = min(64 << 20, max(arrays.available_memory() - labels, 0) // 8)
     chunk = max(block, room // row // block * block)
     check_memory(4 * chunk * row + labels, what, "pick a smaller --n")
     return chunk
