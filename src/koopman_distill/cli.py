@@ -257,14 +257,6 @@ def _sample_chunk(out: Path, n: int, shape: tuple[int, ...], classes: int, block
     return chunk
 
 
-def _check_sample_run(args: argparse.Namespace, shape: tuple[int, ...], classes: int) -> None:
-    """The options of ``kdm sample`` that the run's kind rules out."""
-    if args.grid and len(shape) != 3:
-        raise KDMError("--grid is for image runs")
-    if (args.labels or args.cls is not None) and not classes:
-        raise KDMError("this model is unconditional; do not pass labels (--labels, --class)")
-
-
 def cmd_sample(args: argparse.Namespace) -> None:
     inputs = {"--noise": args.noise, "--labels": args.labels}
     out = _output_file(args.out, ".npy", "--out", args.force, inputs)
@@ -282,17 +274,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if not args.noise and (args.n is None or args.n < 1):
         raise KDMError("give --n N (>= 1) or --noise NOISE.npy")
     early = _run_shape(args.run)  # the cheap checks, before torch is imported
-    if early:
-        _check_sample_run(args, *early)
-        if args.n is not None:
-            _sample_chunk(out, args.n, *early, 65536 if len(early[0]) == 1 else 256)
+    if early and args.grid and len(early[0]) != 3:
+        raise KDMError("--grid is for image runs")
+    if early and args.n is not None:
+        _sample_chunk(out, args.n, *early, 65536 if len(early[0]) == 1 else 256)
     from .api import load_run
 
     gen = load_run(args.run, ema=not args.raw, device=args.device)
-    _check_sample_run(args, gen.shape, gen.num_classes)
+    if args.grid and len(gen.shape) != 3:
+        raise KDMError("--grid is for image runs")
     noise = load_array(args.noise, shape=gen.shape, what="noise") if args.noise else None
     n = len(noise) if noise is not None else args.n
     labels = load_array(args.labels, what="labels") if args.labels else None
+    if (labels is not None or args.cls is not None) and not gen.num_classes:
+        raise KDMError("this model is unconditional; do not pass labels (--labels, --class)")
     if args.cls is not None:
         labels = np.full(n, args.cls, dtype=np.int64)
     chunk = _sample_chunk(out, n, gen.shape, gen.num_classes, gen.block)
