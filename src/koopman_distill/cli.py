@@ -265,24 +265,24 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.seed is not None and not 0 <= args.seed < 2**63 - 1:
         raise KDMError(f"--seed must lie in [0, 2**63 - 1), got {args.seed}")
     if args.noise and args.n is not None:
-        raise KDMError("give --n or --noise, not both: the noise file sets the count")
+        raise KDMError("give --n or --noise, not both: the noise file sets the count; drop --n")
     if args.noise and args.seed is not None:
         raise KDMError("--seed draws the noise, so with --noise it would be ignored; drop "
                        "--seed (conditional runs take --labels or --class with --noise)")
     if args.labels and args.cls is not None:
-        raise KDMError("give --labels or --class, not both")
+        raise KDMError("give --labels (a class per sample) or --class (one for all), not both")
     if not args.noise and (args.n is None or args.n < 1):
         raise KDMError("give --n N (>= 1) or --noise NOISE.npy")
     early = _run_shape(args.run)  # the cheap checks, before torch is imported
     if early and args.grid and len(early[0]) != 3:
-        raise KDMError("--grid is for image runs")
+        raise KDMError("--grid is for image runs; drop it for a 2-D run")
     if early and args.n is not None:
         _sample_chunk(out, args.n, *early, 65536 if len(early[0]) == 1 else 256)
     from .api import load_run
 
     gen = load_run(args.run, ema=not args.raw, device=args.device)
     if args.grid and len(gen.shape) != 3:
-        raise KDMError("--grid is for image runs")
+        raise KDMError("--grid is for image runs; drop it for a 2-D run")
     noise = load_array(args.noise, shape=gen.shape, what="noise") if args.noise else None
     n = len(noise) if noise is not None else args.n
     labels = load_array(args.labels, what="labels") if args.labels else None

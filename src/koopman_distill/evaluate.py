@@ -32,10 +32,12 @@ from .pairs import PairStore
 
 
 def memory_needed(ecfg: EvalConfig, shape: tuple[int, ...]) -> int:
-    """Rough bytes an evaluation of ``ecfg.n`` examples of ``shape`` holds at once: noise,
-    samples, teacher samples, reference and training pairs with their float64 copies (about
-    16 float32 arrays of (n, *shape)), and for images two sets of float64 features (n, 2048)."""
-    return ecfg.n * (64 * math.prod(shape) + (32 * 2048 if len(shape) == 3 else 0))
+    """Rough bytes an evaluation of ``ecfg.n`` examples of ``shape`` holds at once. Points:
+    noise, samples, teacher samples, reference and training pairs with their float64 copies
+    (12 float64 arrays (n, D)); images: 6 float32 arrays (n, C, R, R) and two sets of float64
+    features (n, 2048)."""
+    size = math.prod(shape)
+    return ecfg.n * (24 * size + 16 * 2048 if len(shape) == 3 else 96 * size)
 
 
 def run_teacher(meta: dict[str, Any]) -> Any:
