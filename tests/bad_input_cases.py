@@ -465,7 +465,7 @@ CASES: list[Case] = [
         "with --noise it would be ignored"),
     Case("--class with --labels", lambda w: [
         *_sample(lambda w: w.run, "--class", "1")(w), "--labels",
-        w.npy("l.npy", np.zeros(5, np.int64))], "give --labels or --class, not both"),
+        w.npy("l.npy", np.zeros(5, np.int64))], "give --labels (a class per sample) or --class"),
     Case("eval of a run and --samples", lambda w: [
         "eval", w.run, "--samples", w.npy("s.npy", np.zeros((9, 2), np.float32))],
         "give a RUN or --samples FILE, not both"),
