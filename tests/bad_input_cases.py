@@ -455,8 +455,9 @@ CASES: list[Case] = [
         "is a file, not a directory"),
     Case("--out is a directory", lambda w: [
         "sample", w.run, "--n", "5", "--out", _mkdir(w.p("d.npy"))], "is a directory; give"),
-    Case("--grid for a 2-D run", _sample(lambda w: w.run, "--grid", "g.png"),
-         "--grid is for image runs"),
+    Case("existing --grid without --force", lambda w: [
+        *_sample(lambda w: w.run)(w), "--grid", w.raw("g.png", b"mine")],
+        "g.png already exists"),
     Case("--n with --noise", lambda w: [
         *_noise(lambda w: w.npy("n.npy", np.zeros((3, 2), np.float32)))(w), "--n", "3"],
         "give --n or --noise, not both"),
@@ -493,10 +494,10 @@ CASES: list[Case] = [
     Case("image .npz member that is no array", lambda w: [
         "teacher", "train", "--preset", "digits8", "--out", w.p("t"), "--data",
         _zip(w, "d.npz", {"images.npy": b"mine"})], "'images' of"),
-    Case("image .npz labels of strings", lambda w: [
-        "teacher", "train", "--preset", "digits8", "--out", w.p("t"), "--data", _savez(
-            w, "d.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.array(list("abcd")))],
-        "must be integers, got dtype <U1"),
+    Case("truncated image .npz", lambda w: [
+        "teacher", "train", "--preset", "digits8", "--out", w.p("t"), "--data", w.raw(
+            "d.npz", _savez(w, "full.npz", images=np.zeros((4, 8, 8), np.uint8)).read_bytes()[
+                :100])], "as a NumPy array file"),
     Case("damaged .npz as noise", _noise(lambda w: w.raw("n.npz", b"PK\x03\x04" + b"\0" * 40)),
          "cannot read"),
     # ---- end of sample, eval and outputs, round 2
