@@ -119,7 +119,8 @@ def _save_array(path: Path, chunks: Iterator[np.ndarray], shape: tuple[int, ...]
             for c in chunks:
                 rows = ~np.isfinite(c.reshape(len(c), -1)).all(axis=1)
                 if rows.any():
-                    first = done + int(np.flatnonzero(rows)[0]) if bad == 0 else first
+                    if not bad:
+                        first = done + int(np.flatnonzero(rows)[0])
                     bad += int(rows.sum())
                 if done < 100:
                     head.append(c[:100 - done])
@@ -128,7 +129,7 @@ def _save_array(path: Path, chunks: Iterator[np.ndarray], shape: tuple[int, ...]
                 bar.update(len(c))
         if bad:
             raise KDMError(f"{bad} of {n} samples are NaN/inf (first at row {first}), so "
-                           f"nothing was written; the run's weights are probably not finite "
+                           "nothing was written; the run's weights are probably not finite "
                            "(a diverged run): sample an earlier checkpoint or retrain")
         if then is not None:
             then(np.concatenate(head))
