@@ -251,3 +251,15 @@ def test_array_files_that_are_not_plain_arrays_fail_in_one_line(tmp_path, monkey
     with pytest.raises(KDMError, match="of memory") as e:
         load_array(tmp_path / "x.npy", (2,), "noise")
     assert "needs 10.0 kB (10000 bytes) of memory, 1.0 kB (1000 bytes) available" in str(e.value)
+
+
+def test_eval_of_a_run_with_a_damaged_log_still_plots_its_loss(tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny["kdm"], run_dir)
+    log = run_dir / "log.jsonl"
+    good = log.read_text().splitlines()
+    log.write_text("\n".join([*good, "[1, 2]", '{"loss": 1.0}', "\xff" * 3, "[" * 100000,
+                              good[-1][:17]]) + "\n")  # the last: cut short by a kill
+    assert kdm("eval", run_dir, "--set", "eval.n=200", "--set", "eval.projections=8",
+               "--set", "eval.energy_n=100") == 0
+    assert (run_dir / "eval" / "loss.png").read_bytes()[:4] == b"\x89PNG"

@@ -145,10 +145,25 @@ def _plots(run: Path, gen: Any, noise: np.ndarray, kdm: np.ndarray, teacher: np.
             lam = K.eigenvalues().detach().numpy()
             eig["λ (parametrised)"] = np.concatenate([lam, lam.conj()])
         paths["spectrum"] = plots.spectrum(eig, out / "spectrum.png")
-    log = run / "log.jsonl"
-    if log.exists():
-        rows_log = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        if any("loss" in r for r in rows_log):
-            paths["loss"] = plots.loss_curves(rows_log, out / "loss.png")
+    rows_log = _log_rows(run / "log.jsonl")
+    if any("loss" in r for r in rows_log):
+        paths["loss"] = plots.loss_curves(rows_log, out / "loss.png")
     return {k: str(v) for k, v in paths.items()}
+
+
+def _log_rows(log: Path) -> list[dict[str, Any]]:
+    """The rows of the trainer's log that have a numeric step. A line cut short by a kill or
+    otherwise damaged is left out: the loss plot is a by-product, not worth failing eval."""
+    if not log.is_file():
+        return []
+    rows = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, (int, float)) and not isinstance(step, bool):
+            rows.append(row)
+    return rows
 
