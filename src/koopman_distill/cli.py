@@ -511,10 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an earlier evaluation in --out")
     s.add_argument("--no-plots", action="store_true")
     _add_config_args(s)
-    for a in s._actions:  # None: given or not can be told (a run has its own config)
+    for a in s._actions:  # default None, so that a --preset given for a run can be refused
         if a.dest == "preset":
-            a.default, a.help = None, "with --samples: eval settings of this preset (default " \
-                "checkerboard); a run uses its own"
+            a.default = None
+            a.help = ("with --samples: the preset whose eval settings are used (default "
+                      "checkerboard); a run uses its own config")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("demo", help="the whole pipeline (teacher, pairs, KDM, eval) for a "
