@@ -503,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sample)
 
     s = sub.add_parser("eval", help="metrics and plots of a KDM run (or of a samples file)",
-                       epilog=EPILOG)
+                       epilog="Eval settings are set with --set eval.KEY=VALUE (repeatable), "
+                       "e.g. --set eval.n=5000; `kdm config` prints them all.")
     s.add_argument("run", nargs="?")
     s.add_argument("--samples", help="evaluate this .npy (N, 2) instead of a run")
     s.add_argument("--reference", help="with --samples: reference .npy (default: checkerboard)")
@@ -516,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
             a.default = None
             a.help = ("with --samples: the preset whose eval settings are used (default "
                       "checkerboard); a run uses its own config")
+        if a.dest == "set":
+            a.help = "override an eval setting, e.g. eval.n=5000 (only eval.* apply)"
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("demo", help="the whole pipeline (teacher, pairs, KDM, eval) for a "
