@@ -263,3 +263,24 @@ def test_eval_of_a_run_with_a_damaged_log_still_plots_its_loss(tiny, tmp_path):
     assert kdm("eval", run_dir, "--set", "eval.n=200", "--set", "eval.projections=8",
                "--set", "eval.energy_n=100") == 0
     assert (run_dir / "eval" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("damage", ["meta-list", "meta-garbage", "weights-cut"])
+def test_a_damaged_classifier_cache_entry_is_trained_again(tmp_path, damage):
+    from koopman_distill.metrics.extractors import load_or_train_classifier
+
+    x = np.random.default_rng(0).uniform(-1, 1, (40, 1, 8, 8)).astype(np.float32)
+    y = np.arange(40) % 2
+    opts = dict(steps=2, batch_size=8, seed=0, progress=False)
+    first = load_or_train_classifier(tmp_path, x, y, 2, **opts)
+    (meta,) = tmp_path.glob("classifier-*.json")
+    weights = meta.with_suffix(".safetensors")
+    if damage == "meta-list":
+        meta.write_text("[1, 2]")
+    elif damage == "meta-garbage":
+        meta.write_bytes(b"\xff{")
+    else:
+        weights.write_bytes(weights.read_bytes()[:50])
+    again = load_or_train_classifier(tmp_path, x, y, 2, **opts)
+    np.testing.assert_array_equal(again.predict(x), first.predict(x))  # seeded: the same
+    assert again.settings["weights_sha256"] == first.settings["weights_sha256"]
