@@ -344,7 +344,8 @@ def resume_run(run: str | Path) -> Path:
 
 
 class OneStepGenerator:
-    """A trained KDM ready to sample: ``sample(n)`` or ``map(noise)`` in one step.
+    """A trained KDM ready to sample: ``sample(n)`` or ``map(noise)`` in one step, or
+    ``sample_chunks`` / ``map_chunks`` for outputs larger than memory (the same values).
 
     Examples are vectors (dim,) or images (C, R, R); a class-conditional image KDM takes int64
     labels (n,) (``sample`` draws them uniformly from its seed when none are given).

@@ -277,7 +277,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     early = _run_shape(args.run)  # the cheap checks, before torch is imported
     if early and args.grid and len(early[0]) != 3:
         raise KDMError("--grid is for image runs; drop it for a 2-D run")
-    if early and args.n is not None:
+    if early and args.n is not None:  # the block is OneStepGenerator.block
         _sample_chunk(out, args.n, *early, 65536 if len(early[0]) == 1 else 256)
     from .api import load_run
 
