@@ -165,7 +165,7 @@ def nan_weights(tiny: dict[str, Path], root: Path) -> Path:
     return out
 
 
-def test_nan_samples_are_an_error_naming_how_many(tiny, tmp_path):
+def test_nan_samples_are_an_error_naming_how_many(tiny, tmp_path, monkeypatch):
     bad = nan_weights(tiny, tmp_path)
     one_line(*run("sample", bad, "--n", 7, "--out", tmp_path / "s.npy"),
              "7 of 7 samples are NaN/inf (first at row 0)", "nothing was written")
@@ -173,6 +173,13 @@ def test_nan_samples_are_an_error_naming_how_many(tiny, tmp_path):
     np.save(tmp_path / "noise.npy", np.zeros((3, 2), np.float32))
     one_line(*run("sample", bad, "--noise", tmp_path / "noise.npy", "--out", tmp_path / "m.npy"),
              "3 of 3 samples are NaN/inf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan-run", "noise.npy"]
+    # streamed: a chunk of nothing but NaN ends the job, rather than drawing the rest
+    monkeypatch.setattr(arrays, "available_memory", lambda: 3 << 20)
+    calls = Calls(monkeypatch)
+    one_line(*run("sample", bad, "--n", 65536 * 3, "--out", tmp_path / "s.npy"),
+             "65536 of the first 65536 (sampling stopped there) samples are NaN/inf")
+    assert calls.rows == [65536]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan-run", "noise.npy"]
 
 

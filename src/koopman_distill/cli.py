@@ -105,15 +105,16 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 def _save_array(path: Path, chunks: Iterator[np.ndarray], shape: tuple[int, ...], n: int,
                 progress: bool = False, then: Callable[[np.ndarray], None] | None = None) -> None:
     """Stream float32 chunks (rows, *shape), n rows in all, into the ``.npy`` file ``path``
-    (the bytes ``np.save`` writes for their concatenation). Rows with NaN/inf are an error,
-    counted over all chunks; ``then(first 100 rows)`` runs before the file is put in place.
+    (the bytes ``np.save`` writes for their concatenation), with a progress bar on a terminal
+    if ``progress``. Rows with NaN/inf are an error, counted over all chunks (up to a chunk of
+    nothing else); ``then(first 100 rows)`` runs before the file is put in place.
     On any failure or interrupt nothing is left: no file, no temp file, no new directory."""
     made = [d for d in [path.parent, *path.parent.parents] if not d.exists()]
 
     def write(tmp: str) -> None:
         bad, first, head = 0, -1, []
         with open(tmp, "wb") as f, tqdm(total=n, unit="sample", desc="sample",
-                                         disable=not progress, leave=False) as bar:
+                                         disable=None if progress else True, leave=False) as bar:
             f.write(_npy_header((n, *shape)))
             done = 0
             for c in chunks:
@@ -127,8 +128,11 @@ def _save_array(path: Path, chunks: Iterator[np.ndarray], shape: tuple[int, ...]
                 f.write(np.ascontiguousarray(c, dtype="<f4").tobytes())
                 done += len(c)
                 bar.update(len(c))
+                if rows.all():  # a diverged model: the rest would be no better
+                    break
         if bad:
-            raise KDMError(f"{bad} of {n} samples are NaN/inf (first at row {first}), so "
+            of = f"{n}" if done == n else f"the first {done} (sampling stopped there)"
+            raise KDMError(f"{bad} of {of} samples are NaN/inf (first at row {first}), so "
                            "nothing was written; the run's weights are probably not finite "
                            "(a diverged run): sample an earlier checkpoint or retrain")
         if then is not None:
