@@ -18,13 +18,14 @@ import pickle
 import shutil
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from koopman_distill.cli import main
 from koopman_distill.io import sha256_file
@@ -189,6 +190,34 @@ def _nan_shard(w: Workspace) -> bytes:
     x = np.load(_clean1(w))
     x[3, 0] = np.nan
     return npy_bytes(x)
+
+
+def _nan_weights(run: Path) -> None:
+    f = latest(run) / "ema.safetensors"
+    save_file({k: torch.full_like(v, torch.nan) for k, v in load_file(f).items()}, str(f))
+
+
+def _link(w: Workspace, name: str) -> Path:
+    """A symbolic link ``link-NAME`` to the workspace file ``name``."""
+    w.p(f"link-{name}").symlink_to(w.p(name))
+    return w.p(f"link-{name}")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _savez(w: Workspace, name: str, **arrays: np.ndarray) -> Path:
+    np.savez(w.p(name), allow_pickle=True, **arrays)
+    return w.p(name)
+
+
+def _zip(w: Workspace, name: str, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(w.p(name), "w") as z:
+        for member, data in members.items():
+            z.writestr(member, data)
+    return w.p(name)
 
 
 CASES: list[Case] = [
@@ -488,7 +517,74 @@ CASES: list[Case] = [
     # ---- end of pair stores, round 2
 
     # sample, eval and outputs, round 2
-    # (cases added here)
+    Case("samples beyond free disk", lambda w: [
+        "sample", w.run, "--n", "1e15", "--out", w.p("out.npy")],
+        "needs 8000.0 TB (8000000000000128 bytes) on disk"),
+    Case("a count that is not whole", lambda w: [
+        "sample", w.run, "--n", "2.5", "--out", w.p("out.npy")], "invalid count '2.5'"),
+    Case("NaN weights", _sample(lambda w: w.run_copy(_nan_weights)),
+         "5 of 5 samples are NaN/inf (first at row 0)"),
+    Case("--out is the --noise file by another path", lambda w: [
+        "sample", w.run, "--noise", w.npy("n.npy", np.zeros((3, 2), np.float32)),
+        "--out", f"{w.dir}/./n.npy", "--force"], "is the --noise file"),
+    Case("--out is the --labels file through a link", lambda w: [
+        "sample", w.run, "--n", "5", "--labels", w.npy("l.npy", np.zeros(5, np.int64)),
+        "--out", _link(w, "l.npy"), "--force"], "is the --labels file"),
+    Case("existing --out without --force", lambda w: (
+        w.npy("out.npy", np.ones((2, 2), np.float32)), _sample(lambda w: w.run)(w))[1],
+        "already exists; add --force"),
+    Case("--out under a read-only directory", lambda w: [
+        "sample", w.run, "--n", "5", "--out", "/sys/kdm-sample.npy"], "cannot write in /sys"),
+    Case("--out under a file", lambda w: [
+        "sample", w.run, "--n", "5", "--out", w.raw("f", b"mine") / "new" / "s.npy"],
+        "is a file, not a directory"),
+    Case("--out is a directory", lambda w: [
+        "sample", w.run, "--n", "5", "--out", _mkdir(w.p("d.npy"))], "is a directory; give"),
+    Case("existing --grid without --force", lambda w: [
+        *_sample(lambda w: w.run)(w), "--grid", w.raw("g.png", b"mine")],
+        "g.png already exists"),
+    Case("--n with --noise", lambda w: [
+        *_noise(lambda w: w.npy("n.npy", np.zeros((3, 2), np.float32)))(w), "--n", "3"],
+        "give --n or --noise, not both"),
+    Case("--seed with --noise", lambda w: [
+        *_noise(lambda w: w.npy("n.npy", np.zeros((3, 2), np.float32)))(w), "--seed", "4"],
+        "with --noise it would be ignored"),
+    Case("--class with --labels", lambda w: [
+        *_sample(lambda w: w.run, "--class", "1")(w), "--labels",
+        w.npy("l.npy", np.zeros(5, np.int64))], "give --labels (a class per sample) or --class"),
+    Case("eval of a run and --samples", lambda w: [
+        "eval", w.run, "--samples", w.npy("s.npy", np.zeros((9, 2), np.float32))],
+        "give a RUN or --samples FILE, not both"),
+    Case("eval --reference for a run", lambda w: [
+        "eval", w.run, "--out", w.p("e"), "--reference",
+        w.npy("r.npy", np.zeros((9, 2), np.float32))], "--reference is for --samples"),
+    Case("eval --preset for a run", lambda w: [
+        "eval", w.run, "--out", w.p("e"), "--preset", "checkerboard"],
+        "--preset does not apply to a run"),
+    Case("eval --set outside eval.*", lambda w: [
+        "eval", w.run, "--out", w.p("e"), "--set", "train.steps=5"],
+        "--set train.steps has no effect on `kdm eval RUN`"),
+    Case("eval --out naming a file", lambda w: [
+        "eval", w.run, "--out", w.raw("e.txt", b"mine")], "is a file; kdm eval writes"),
+    Case("eval --out holding an evaluation", lambda w: [
+        "eval", "--samples", w.npy("s.npy", np.zeros((9, 2), np.float32)),
+        "--out", w.raw("eval.json", b"{}").parent], "already holds an evaluation (eval.json)"),
+    Case("eval.n beyond memory", lambda w: [
+        "eval", w.run, "--out", w.p("e"), "--set", "eval.n=10000000000000"],
+        "bytes) of memory"),
+    Case("object-array .npz as image data", lambda w: [
+        "teacher", "train", "--preset", "digits8", "--out", w.p("t"), "--data", _savez(
+            w, "d.npz", images=np.array([np.zeros((8, 8)), None], dtype=object))],
+        "cannot read 'images' of"),
+    Case("image .npz member that is no array", lambda w: [
+        "teacher", "train", "--preset", "digits8", "--out", w.p("t"), "--data",
+        _zip(w, "d.npz", {"images.npy": b"mine"})], "'images' of"),
+    Case("truncated image .npz", lambda w: [
+        "teacher", "train", "--preset", "digits8", "--out", w.p("t"), "--data", w.raw(
+            "d.npz", _savez(w, "full.npz", images=np.zeros((4, 8, 8), np.uint8)).read_bytes()[
+                :100])], "as a NumPy array file"),
+    Case("damaged .npz as noise", _noise(lambda w: w.raw("n.npz", b"PK\x03\x04" + b"\0" * 40)),
+         "cannot read"),
     # ---- end of sample, eval and outputs, round 2
 ]
 

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -489,7 +490,8 @@ def run_summary(run: str | Path) -> str:
 
 
 class OneStepGenerator:
-    """A trained KDM ready to sample: ``sample(n)`` or ``map(noise)`` in one step.
+    """A trained KDM ready to sample: ``sample(n)`` or ``map(noise)`` in one step, or
+    ``sample_chunks`` / ``map_chunks`` for outputs larger than memory (the same values).
 
     Examples are vectors (dim,) or images (C, R, R); a class-conditional image KDM takes int64
     labels (n,) (``sample`` draws them uniformly from its seed when none are given).
@@ -534,10 +536,29 @@ class OneStepGenerator:
         """Display name of the student, e.g. ``KDM (1 step)``."""
         return student_label(self.cfg.model.method, self.nfe)
 
+    @property
+    def block(self) -> int:
+        """Rows per network call and per draw of noise: 65536 vectors or 256 images."""
+        return 65536 if len(self.shape) == 1 else 256
+
+    def spans(self, n: int, chunk: int | None = None) -> list[tuple[int, int]]:
+        """Row ranges [start, stop) of ``n`` examples in chunks of ``chunk`` rows, a multiple
+        of :attr:`block` (None: one chunk); a tail too short to draw alone joins the chunk
+        before it (see :func:`_block_spans`)."""
+        if chunk is not None and (chunk < 1 or chunk % self.block):
+            raise ValueError(f"chunk must be a positive multiple of {self.block}, got {chunk}")
+        return _block_spans(n, chunk or max(n, 1), math.prod(self.shape))
+
+    def _noise_into(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Fill ``x`` (rows, *shape) with the next noise of ``g``, one block per draw."""
+        for i, j in _block_spans(len(x), self.block, math.prod(self.shape)):
+            torch.randn(j - i, *self.shape, generator=g, out=x[i:j])
+        return x.mul_(self.sigma_max)
+
     def noise(self, n: int, seed: int = 0) -> torch.Tensor:
         """Seeded ``x_T ~ N(0, sigma_max^2 I)``, (n, *shape)."""
-        g = torch.Generator().manual_seed(seed)
-        return self.sigma_max * torch.randn(n, *self.shape, generator=g)
+        return self._noise_into(torch.empty(n, *self.shape),
+                                torch.Generator().manual_seed(seed))
 
     def labels(self, n: int, seed: int = 0) -> torch.Tensor | None:
         """Uniform class ids (n,) from ``seed`` for a conditional model, else None."""
@@ -556,7 +577,7 @@ class OneStepGenerator:
             raise KDMError(f"noise must have shape (N, {', '.join(map(str, self.shape))}), "
                            f"got {tuple(x.shape)}")
         y = _labels(labels, len(x), self.num_classes)
-        bs = batch_size or (65536 if len(self.shape) == 1 else 256)
+        bs = batch_size or self.block
         out = []
         for i in range(0, len(x), bs):
             args = [x[i:i + bs].to(self.device)]
@@ -568,6 +589,38 @@ class OneStepGenerator:
     def sample(self, n: int, seed: int = 0, labels: Any = None) -> np.ndarray:
         """``n`` one-step samples from seeded noise, (n, *shape)."""
         return self.map(self.noise(n, seed), self.labels(n, seed) if labels is None else labels)
+
+    def sample_chunks(self, n: int, seed: int = 0, labels: Any = None,
+                      chunk: int | None = None) -> Iterator[np.ndarray]:
+        """:meth:`sample` in successive chunks of ``chunk`` rows (see :meth:`spans`), for
+        outputs larger than memory: concatenated, they are ``sample(n, seed, labels)`` bit for
+        bit (the same noise numbers in the same network batches)."""
+        y = _labels(self.labels(n, seed) if labels is None else labels, n, self.num_classes)
+        g = torch.Generator().manual_seed(seed)
+        for i, j in self.spans(n, chunk):
+            x = self._noise_into(torch.empty(j - i, *self.shape), g)
+            yield self.map(x, None if y is None else y[i:j])
+
+    def map_chunks(self, noise: torch.Tensor | np.ndarray, labels: Any = None,
+                   chunk: int | None = None) -> Iterator[np.ndarray]:
+        """:meth:`map` of noise (n, *shape) [and labels (n,)] in successive chunks of
+        ``chunk`` rows (see :meth:`spans`); concatenated, they are ``map(noise, labels)``."""
+        if noise.ndim != 1 + len(self.shape) or tuple(noise.shape[1:]) != self.shape:
+            raise KDMError(f"noise must have shape (N, {', '.join(map(str, self.shape))}), "
+                           f"got {tuple(noise.shape)}")
+        y = _labels(labels, len(noise), self.num_classes)
+        for i, j in self.spans(len(noise), chunk):
+            yield self.map(noise[i:j], None if y is None else y[i:j])
+
+
+def _block_spans(n: int, block: int, numel: int) -> list[tuple[int, int]]:
+    """[start, stop) of ``n`` rows in blocks of ``block`` rows, a last block of fewer than 16
+    numbers (``numel`` per row) joined to the one before: torch draws normal numbers 16 at a
+    time, so these blocks, drawn in turn from one generator, give the numbers of one draw."""
+    stops = [*range(block, n, block), n]
+    if len(stops) > 1 and (stops[-1] - stops[-2]) * numel < 16:
+        del stops[-2]
+    return list(zip([0, *stops[:-1]], stops, strict=True))
 
 
 def _labels(labels: Any, n: int, num_classes: int) -> torch.Tensor | None:

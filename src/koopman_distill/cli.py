@@ -10,16 +10,22 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import __version__
 from .config import BENCH_SUITES, Config, apply_overrides, check_overrides_act, preset
+from .data import arrays
+from .data.arrays import check_disk, check_memory, load_array
 from .errors import KDMError, Stopped, first_line
-from .io import atomic_write, write_json
+from .io import atomic_write, read_json, write_json
 
 EPILOG = ("Any config value can be set with --set section.field=value (repeatable), e.g. "
           "--set train.steps=5000 --set model.koopman=eigen; `kdm config` prints them all.")
@@ -57,15 +63,118 @@ def _add_config_args(p: argparse.ArgumentParser, with_preset: bool = True) -> No
                    help="override one config value, e.g. train.steps=2000")
 
 
-def _save_array(path: str, arr: np.ndarray) -> None:
-    if not path.endswith(".npy"):
-        raise KDMError(f"output file {path} must end in .npy")
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links, ``..`` or another spelling)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return a.resolve() == b.resolve()
+
+
+def _check_writable(directory: Path, flag: str, path: object) -> None:
+    """Refuse an output whose directory (or nearest existing ancestor, for a directory still
+    to be made) is not a directory or cannot be written: found before any work, by a probe."""
+    where = directory.absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise KDMError(f"{flag} {path}: {where} is a file, not a directory; pick another {flag}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kdm-probe.", suffix=".tmp", dir=where)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise KDMError(f"{flag} {path}: cannot write in {where} ({e.strerror or e}); pick "
+                       f"another {flag}") from None
+
+
+def _output_file(path: str, suffix: str, flag: str, force: bool,
+                 inputs: dict[str, str | None]) -> Path:
+    """Check an output file before any work: its suffix, that it is none of ``inputs`` (flag
+    -> path), that it replaces an existing file only with ``--force``, that it can be
+    written."""
+    if not path.endswith(suffix):
+        raise KDMError(f"{flag} {path} must end in {suffix}")
+    out = Path(path)
+    for name, other in inputs.items():
+        if other and _same_file(out, Path(other)):
+            raise KDMError(f"{flag} {path} is the {name} file {other}; write to another file")
+    if out.is_dir():
+        raise KDMError(f"{flag} {path} is a directory; give a file name ending in {suffix}")
+    if out.exists() and not force:
+        raise KDMError(f"{flag} {path} already exists; add --force to replace it, or pick "
+                       f"another {flag}")
+    _check_writable(out.parent, flag, path)
+    return out
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header that ``np.save`` writes for a float32 array of ``shape``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue()
+
+
+def _save_array(path: Path, chunks: Iterator[np.ndarray], shape: tuple[int, ...], n: int,
+                progress: bool = False, then: Callable[[np.ndarray], None] | None = None) -> None:
+    """Stream float32 chunks (rows, *shape), n rows in all, into the ``.npy`` file ``path``
+    (the bytes ``np.save`` writes for their concatenation), with a progress bar on a terminal
+    if ``progress``. Rows with NaN/inf are an error, counted over all chunks (up to a chunk of
+    nothing else); ``then(first 100 rows)`` runs before the file is put in place.
+    On any failure or interrupt nothing is left: no file, no temp file, no new directory."""
+    made = [d for d in [path.parent, *path.parent.parents] if not d.exists()]
 
     def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
+        bad, first, head = 0, -1, []
+        with open(tmp, "wb") as f, tqdm(total=n, unit="sample", desc="sample",
+                                         disable=None if progress else True, leave=False) as bar:
+            f.write(_npy_header((n, *shape)))
+            done = 0
+            for c in chunks:
+                rows = ~np.isfinite(c.reshape(len(c), -1)).all(axis=1)
+                if rows.any():
+                    if not bad:
+                        first = done + int(np.flatnonzero(rows)[0])
+                    bad += int(rows.sum())
+                if done < 100:
+                    head.append(c[:100 - done])
+                f.write(np.ascontiguousarray(c, dtype="<f4").tobytes())
+                done += len(c)
+                bar.update(len(c))
+                if rows.all():  # a diverged model: the rest would be no better
+                    break
+        if bad:
+            of = f"{n}" if done == n else f"the first {done} (sampling stopped there)"
+            raise KDMError(f"{bad} of {of} samples are NaN/inf (first at row {first}), so "
+                           "nothing was written; the run's weights are probably not finite "
+                           "(a diverged run): sample an earlier checkpoint or retrain")
+        if then is not None:
+            then(np.concatenate(head))
 
-    atomic_write(path, write)
+    try:
+        atomic_write(path, write)
+    except BaseException:
+        for d in made:  # deepest first; only what this call made, and only if empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+def _count(text: str) -> int:
+    """A count typed as 1000, 1_000 or 1e6 (a float only when it is a whole number)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x.is_integer()):
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: give a whole number such "
+                                         "as 1000 or 1e6")
+    return int(x)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -149,52 +258,132 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run: {api.run_summary(api.train_kdm(cfg, args.pairs, args.out))}")
 
 
-def cmd_sample(args: argparse.Namespace) -> None:
-    from .api import load_run
-    from .data.arrays import load_array
+def _run_shape(run: str) -> tuple[tuple[int, ...], int] | None:
+    """A run's example shape and class count from its run.json, without loading torch (None
+    where it is unreadable: loading the run then says why)."""
+    try:
+        meta = read_json(Path(run) / "run.json")
+    except KDMError:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    shape, k = meta.get("shape", [meta.get("dim")]), meta.get("num_classes", 0)
+    if not (isinstance(shape, list) and shape and isinstance(k, int)
+            and all(type(d) is int and d > 0 for d in shape)):
+        return None
+    return tuple(shape), k
 
-    if not args.out.endswith(".npy"):
-        raise KDMError(f"--out {args.out} must end in .npy")
-    if not 0 <= args.seed < 2**63 - 1:
+
+def _sample_chunk(out: Path, n: int, shape: tuple[int, ...], classes: int, block: int) -> int:
+    """Rows per chunk for ``n`` samples of ``shape`` streamed to ``out``, after checking that
+    the file fits on disk and a chunk (with the labels) in memory: a multiple of ``block``
+    near 64 MB of samples, or less when memory is short."""
+    row = 4 * math.prod(shape)
+    what = f"--n {n} (samples of shape {shape})"
+    check_disk(out, len(_npy_header((n, *shape))) + n * row, what,
+               "pick a smaller --n or an --out on a larger disk")
+    labels = 8 * n if classes else 0
+    room = min(64 << 20, max(arrays.available_memory() - labels, 0) // 8)
+    chunk = max(block, room // row // block * block)
+    check_memory(4 * chunk * row + labels, what, "pick a smaller --n")
+    return chunk
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    inputs = {"--noise": args.noise, "--labels": args.labels}
+    out = _output_file(args.out, ".npy", "--out", args.force, inputs)
+    if args.grid:
+        _output_file(args.grid, ".png", "--grid", args.force, {**inputs, "--out": args.out})
+    if args.seed is not None and not 0 <= args.seed < 2**63 - 1:
         raise KDMError(f"--seed must lie in [0, 2**63 - 1), got {args.seed}")
+    if args.noise and args.n is not None:
+        raise KDMError("give --n or --noise, not both: the noise file sets the count; drop --n")
+    if args.noise and args.seed is not None:
+        raise KDMError("--seed draws the noise, so with --noise it would be ignored; drop "
+                       "--seed (conditional runs take --labels or --class with --noise)")
+    if args.labels and args.cls is not None:
+        raise KDMError("give --labels (a class per sample) or --class (one for all), not both")
+    if not args.noise and (args.n is None or args.n < 1):
+        raise KDMError("give --n N (>= 1) or --noise NOISE.npy")
+    early = _run_shape(args.run)  # the cheap checks, before torch is imported
+    if early and args.grid and len(early[0]) != 3:
+        raise KDMError("--grid is for image runs; drop it for a 2-D run")
+    if early and args.n is not None:  # the block is OneStepGenerator.block
+        _sample_chunk(out, args.n, *early, 65536 if len(early[0]) == 1 else 256)
+    from .api import load_run
+
     gen = load_run(args.run, ema=not args.raw, device=args.device)
     if args.grid and len(gen.shape) != 3:
-        raise KDMError("--grid is for image runs")
-    labels = None
-    if args.labels:
-        labels = load_array(args.labels, what="labels")
-    if args.noise:
-        noise = load_array(args.noise, shape=gen.shape, what="noise")
-        n = len(noise)
-    else:
-        if args.n is None or args.n < 1:
-            raise KDMError("give --n N (>= 1) or --noise NOISE.npy")
-        noise, n = gen.noise(args.n, args.seed), args.n
+        raise KDMError("--grid is for image runs; drop it for a 2-D run")
+    noise = load_array(args.noise, shape=gen.shape, what="noise") if args.noise else None
+    n = len(noise) if noise is not None else args.n
+    labels = load_array(args.labels, what="labels") if args.labels else None
+    if (labels is not None or args.cls is not None) and not gen.num_classes:
+        raise KDMError("this model is unconditional; do not pass labels (--labels, --class)")
     if args.cls is not None:
         labels = np.full(n, args.cls, dtype=np.int64)
-    if labels is None and not args.noise:
-        labels = gen.labels(n, args.seed)
-    samples = gen.map(noise, labels)
-    _save_array(args.out, samples)
-    print(f"wrote {len(samples)} samples to {args.out}")
-    if args.grid:
+    chunk = _sample_chunk(out, n, gen.shape, gen.num_classes, gen.block)
+    chunks = (gen.map_chunks(noise, labels, chunk) if noise is not None
+              else gen.sample_chunks(n, args.seed or 0, labels, chunk))
+    grid = None
+
+    def write_grid(head: np.ndarray) -> None:
+        nonlocal grid
         from .analysis.plots import image_grids
 
-        print(f"grid: {image_grids({gen.label: samples[:100]}, args.grid)}")
+        grid = image_grids({gen.label: head}, args.grid)
+
+    _save_array(out, chunks, gen.shape, n, progress=len(gen.spans(n, chunk)) > 1,
+                then=write_grid if args.grid else None)
+    print(f"wrote {n} samples to {out}")
+    if grid is not None:
+        print(f"grid: {grid}")
+
+
+EVAL_FILES = ("eval.json", "scatter.png", "noise_structure.png", "far_misses.png",
+              "spectrum.png", "loss.png", "samples.png")
+
+
+def _eval_out(out: Path, force: bool, files: tuple[str, ...]) -> None:
+    """Check an eval output directory before any work: a directory (or one to make) that can
+    be written, holding no earlier evaluation unless ``--force``."""
+    if out.exists() and not out.is_dir():
+        raise KDMError(f"--out {out} is a file; kdm eval writes eval.json (and plots) into a "
+                       "directory: give a directory")
+    old = [f for f in files if (out / f).exists()]
+    if old and not force:
+        raise KDMError(f"{out} already holds an evaluation ({old[0]}); add --force to replace "
+                       "it, or pick another --out")
+    _check_writable(out, "--out", out)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.run and args.samples:
+        raise KDMError("give a RUN or --samples FILE, not both (a run is evaluated on samples "
+                       "it draws itself)")
     if args.samples:
         _eval_samples(args)
         return
     if not args.run:
         raise KDMError("give a RUN directory, or --samples FILE.npy")
+    if args.reference:
+        raise KDMError("--reference is for --samples; a run is scored against fresh samples "
+                       "of its teacher (or its training pairs): drop --reference")
+    if args.preset is not None:
+        raise KDMError("--preset does not apply to a run: kdm eval uses the run's own config; "
+                       "drop --preset (change eval settings with --set eval.KEY=VALUE)")
     from .api import read_run
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_run, memory_needed
 
-    cfg, _ = read_run(args.run)
+    cfg, meta = read_run(args.run)
     cfg = _config(args, cfg)
-    result = evaluate_run(args.run, cfg.eval, args.out, make_plots=not args.no_plots)
+    check_overrides_act(cfg, args.set or [], ("eval",), "kdm eval RUN")
+    out = Path(args.out) if args.out else Path(args.run) / "eval"
+    _eval_out(out, args.force, EVAL_FILES)
+    shape = tuple(meta["shape"]) if "shape" in meta else (meta.get("dim", 2),)
+    check_memory(memory_needed(cfg.eval, shape), f"eval.n={cfg.eval.n}",
+                 "lower it with --set eval.n=N")
+    result = evaluate_run(args.run, cfg.eval, out, make_plots=not args.no_plots)
     _print_eval(result)
 
 
@@ -205,7 +394,11 @@ def _eval_samples(args: argparse.Namespace) -> None:
     from .data.checkerboard import sample_checkerboard
     from .metrics.twod import evaluate_2d
 
+    args.preset = args.preset or "checkerboard"
     cfg = _config(args)
+    check_overrides_act(cfg, args.set or [], ("eval",), "kdm eval --samples")
+    if args.out:
+        _eval_out(Path(args.out), args.force, ("eval.json",))
     x = load_points(args.samples, what="samples")
     if args.reference:
         ref, name = load_points(args.reference, what="reference"), args.reference
@@ -319,9 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="one-step samples from a KDM run")
     s.add_argument("run")
-    s.add_argument("--n", type=int, help="number of samples")
+    s.add_argument("--n", type=_count, help="number of samples (e.g. 10000 or 1e6; beyond "
+                   "memory they are streamed to --out in chunks, with the same values)")
     s.add_argument("--out", required=True, help="output .npy (N, D) or (N, C, R, R)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="replace an existing --out or --grid")
+    s.add_argument("--seed", type=int, help="noise (and label) seed (default 0)")
     s.add_argument("--noise", help="map this noise .npy (N, D) or (N, C, R, R) instead of "
                    "drawing it")
     s.add_argument("--labels", help="conditional runs: class ids .npy (N,) (default: uniform "
@@ -333,13 +528,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sample)
 
     s = sub.add_parser("eval", help="metrics and plots of a KDM run (or of a samples file)",
-                       epilog=EPILOG)
+                       epilog="Eval settings are set with --set eval.KEY=VALUE (repeatable), "
+                       "e.g. --set eval.n=5000; `kdm config` prints them all.")
     s.add_argument("run", nargs="?")
     s.add_argument("--samples", help="evaluate this .npy (N, 2) instead of a run")
     s.add_argument("--reference", help="with --samples: reference .npy (default: checkerboard)")
     s.add_argument("--out", help="output directory (default RUN/eval)")
+    s.add_argument("--force", action="store_true", help="replace an earlier evaluation in --out")
     s.add_argument("--no-plots", action="store_true")
     _add_config_args(s)
+    for a in s._actions:  # default None, so that a --preset given for a run can be refused
+        if a.dest == "preset":
+            a.default = None
+            a.help = ("with --samples: the preset whose eval settings are used (default "
+                      "checkerboard); a run uses its own config")
+        if a.dest == "set":
+            a.help = "override an eval setting, e.g. eval.n=5000 (only eval.* apply)"
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("demo", help="the whole pipeline (teacher, pairs, KDM, eval) for a "

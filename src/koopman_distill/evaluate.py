@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,15 @@ from .data.checkerboard import far_misses, sample_checkerboard
 from .io import write_json
 from .metrics.twod import evaluate_2d, paired_error, sliced_wasserstein
 from .pairs import PairStore
+
+
+def memory_needed(ecfg: EvalConfig, shape: tuple[int, ...]) -> int:
+    """Rough bytes an evaluation of ``ecfg.n`` examples of ``shape`` holds at once. Points:
+    noise, samples, teacher samples, reference and training pairs with their float64 copies
+    (12 float64 arrays (n, D)); images: 6 float32 arrays (n, C, R, R) and two sets of float64
+    features (n, 2048)."""
+    size = math.prod(shape)
+    return ecfg.n * (24 * size + 16 * 2048 if len(shape) == 3 else 96 * size)
 
 
 def run_teacher(meta: dict[str, Any]) -> Any:
@@ -135,10 +145,25 @@ def _plots(run: Path, gen: Any, noise: np.ndarray, kdm: np.ndarray, teacher: np.
             lam = K.eigenvalues().detach().numpy()
             eig["λ (parametrised)"] = np.concatenate([lam, lam.conj()])
         paths["spectrum"] = plots.spectrum(eig, out / "spectrum.png")
-    log = run / "log.jsonl"
-    if log.exists():
-        rows_log = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        if any("loss" in r for r in rows_log):
-            paths["loss"] = plots.loss_curves(rows_log, out / "loss.png")
+    rows_log = _log_rows(run / "log.jsonl")
+    if any("loss" in r for r in rows_log):
+        paths["loss"] = plots.loss_curves(rows_log, out / "loss.png")
     return {k: str(v) for k, v in paths.items()}
+
+
+def _log_rows(log: Path) -> list[dict[str, Any]]:
+    """The rows of the trainer's log that have a numeric step. A line cut short by a kill or
+    otherwise damaged is left out: the loss plot is a by-product, not worth failing eval."""
+    if not log.is_file():
+        return []
+    rows = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, (int, float)) and not isinstance(step, bool):
+            rows.append(row)
+    return rows
 

@@ -1,12 +1,61 @@
-"""User-provided arrays: validated loading of ``.npy`` point clouds, noise and label files."""
+"""User-provided arrays: validated loading of ``.npy`` point clouds, noise and label files,
+and the memory and disk checks made before an array is built or written."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import KDMError, first_line
+
+
+def available_memory() -> int:
+    """Bytes that new allocations can use: ``MemAvailable`` of /proc/meminfo where there is
+    one, else the free physical pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def free_disk(path: str | Path) -> tuple[int, Path]:
+    """Free bytes on the file system that ``path`` (or, where it does not exist yet, its
+    nearest existing ancestor) is on, and that directory."""
+    where = Path(path).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    return shutil.disk_usage(where).free, where
+
+
+def size(n: int) -> str:
+    """A byte count for messages: ``2.4 GB (2400000128 bytes)``."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
+def check_memory(need: int, what: str, advice: str) -> None:
+    """Refuse work that needs ``need`` bytes of memory when less is available."""
+    have = available_memory()
+    if need > have:
+        raise KDMError(f"{what} needs {size(need)} of memory, {size(have)} available; {advice}")
+
+
+def check_disk(path: str | Path, need: int, what: str, advice: str) -> None:
+    """Refuse to write ``need`` bytes at ``path`` when its file system has less free."""
+    have, where = free_disk(path)
+    if need > have:
+        raise KDMError(f"{what} needs {size(need)} on disk, {size(have)} free in {where}; "
+                       f"{advice}")
 
 
 def load_array(path: str | Path, shape: tuple[int, ...] | None = None,
@@ -15,8 +64,8 @@ def load_array(path: str | Path, shape: tuple[int, ...] | None = None,
     ids of shape (N,) as int64; reject anything else.
 
     Errors (one line each): missing file, not a NumPy ``.npy`` file, object arrays, wrong
-    shape, non-numeric dtype, no rows, NaN/inf (with their count and first row indices),
-    non-integer or negative class ids.
+    shape, non-numeric dtype, no rows, more than the available memory, NaN/inf (with their
+    count and first row indices), non-integer or negative class ids.
     """
     path = Path(path)
     want = "(N,)" if shape is None else f"(N, {', '.join(map(str, shape))})"
@@ -26,9 +75,10 @@ def load_array(path: str | Path, shape: tuple[int, ...] | None = None,
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as e:
         raise KDMError(f"{path} is not a plain .npy array ({first_line(e)})") from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise KDMError(f"cannot read {path} as .npy: {first_line(e)}") from None
     if not isinstance(arr, np.ndarray):
+        arr.close()
         raise KDMError(f"{path} is an .npz archive; give a single .npy array of shape {want}")
     if arr.shape[1:] != (shape or ()) or arr.ndim < 1:
         raise KDMError(f"{what} {path} must have shape {want}, got {arr.shape}")
@@ -36,6 +86,8 @@ def load_array(path: str | Path, shape: tuple[int, ...] | None = None,
         raise KDMError(f"{what} {path} must hold numbers, got dtype {arr.dtype}")
     if arr.shape[0] == 0:
         raise KDMError(f"{what} {path} is empty")
+    check_memory(arr.size * (8 if shape is None else 5), f"loading {what} {path} {arr.shape}",
+                 "use a smaller file")
     if shape is None:
         if not np.issubdtype(arr.dtype, np.integer) or (arr < 0).any():
             raise KDMError(f"{what} {path} must hold non-negative integer class ids, got "

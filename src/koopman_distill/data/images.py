@@ -24,6 +24,7 @@ import gzip
 import math
 import os
 import tempfile
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import KDMError
+from ..errors import KDMError, first_line
+from .arrays import check_memory
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SOURCE_FORMS = ("digits", "fashion-mnist", "fashion-mnist:DIR", "mnist:DIR", "PATH.npy",
@@ -191,7 +193,7 @@ def _load_array_file(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | N
         raise KDMError(f"image file not found: {path}")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         msg = str(e).splitlines()[0] if str(e) else "truncated"
         raise KDMError(f"cannot read {path} as a NumPy array file: {msg}") from None
     labels, num_classes = None, 0
@@ -204,15 +206,29 @@ def _load_array_file(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | N
                 found = ", ".join(loaded.files) or "none"
                 raise KDMError(f"{path} has no images: expected one of the keys "
                                f"{', '.join(IMAGE_KEYS)}, found {found}")
-            raw = loaded[image_key]
+            raw = _member(loaded, image_key, path)
             label_key = _first_key(loaded, LABEL_KEYS)
-            raw_labels = loaded[label_key] if label_key is not None else None
+            raw_labels = _member(loaded, label_key, path) if label_key is not None else None
         if raw_labels is not None:
             labels, num_classes = _labels_to_int(raw_labels, f"{path}[{label_key}]")
     images = _normalise(raw, str(path))
     if labels is not None:
         labels = _check_labels(labels, len(images), str(path))
     return images, labels, num_classes, f"{path} (split={split}: whole file, no split)"
+
+
+def _member(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """One array of an ``.npz`` archive; an object array (pickles are never loaded), a member
+    that is no ``.npy`` array or a damaged archive is a one-line KDMError."""
+    try:
+        arr = npz[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise KDMError(f"cannot read {key!r} of {path}: {first_line(e)}; store plain numeric "
+                       "arrays (np.savez without object arrays)") from None
+    if not isinstance(arr, np.ndarray):
+        raise KDMError(f"{key!r} of {path} is not a .npy array; store plain numeric arrays "
+                       "(np.savez without object arrays)")
+    return arr
 
 
 def _first_key(npz, keys: tuple[str, ...]) -> str | None:
@@ -230,6 +246,7 @@ def _normalise(raw: np.ndarray, what: str) -> np.ndarray:
         raise KDMError(f"images in {what} must be numbers, got dtype {raw.dtype}")
     if raw.size == 0:
         raise KDMError(f"images in {what} are empty (shape {raw.shape})")
+    check_memory(raw.size * 12, f"images in {what} {raw.shape}", "use fewer or smaller images")
     images = _to_nchw(raw, what)
     images = _to_signed_unit(images, what)
     return np.ascontiguousarray(images, dtype=np.float32)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import KDMError
+from ..errors import KDMError, first_line
 from ..io import atomic_write, sha256_file
 
 INCEPTION_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -645,7 +645,7 @@ def load_classifier(path: str | os.PathLike) -> SmallClassifier:
         model.load_state_dict(load_file(str(path)), strict=True)
     except Exception as e:  # noqa: BLE001 - wrong arch, corrupt or truncated file
         raise KDMError(f"classifier {path} does not match its metadata "
-                       f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+                       f"({type(e).__name__}: {first_line(e)})") from None
     model._freeze()
     model.settings.update(data_sha256=meta.get("data_sha256"),
                           heldout_accuracy=meta.get("heldout_accuracy"),
@@ -664,7 +664,8 @@ def load_or_train_classifier(cache_dir: str | os.PathLike, images: np.ndarray | 
     options. Training holds out a seeded random ``heldout`` fraction (at least one image) of the
     data, trains on the rest and records the held-out accuracy. The cache holds
     ``classifier-<key16>.safetensors`` (weights) and ``classifier-<key16>.json`` (architecture,
-    options, accuracy, data hash), each written atomically, the JSON last.
+    options, accuracy, data hash), each written atomically, the JSON last; an entry that cannot
+    be read is trained again and replaced.
     """
     from safetensors.torch import save_file
 
@@ -685,8 +686,10 @@ def load_or_train_classifier(cache_dir: str | os.PathLike, images: np.ndarray | 
     if weights.is_file() and meta_path.is_file():
         from ..io import read_json
 
-        if read_json(meta_path, "classifier metadata").get("key") == key:
-            return load_classifier(weights)
+        with contextlib.suppress(KDMError):  # a damaged cache entry is trained again
+            meta = read_json(meta_path, "classifier metadata")
+            if isinstance(meta, dict) and meta.get("key") == key:
+                return load_classifier(weights)
 
     gen = torch.Generator().manual_seed(int(train_opts.get("seed", 0)))
     perm = torch.randperm(len(x), generator=gen)
