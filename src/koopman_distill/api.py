@@ -219,14 +219,19 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
             shape=tuple(tmeta["shape"]), teacher=teacher_identity(teacher_run),
             sampler={"method": "heun-karras", "steps": steps, "sigma_min": tcfg.teacher.sigma_min,
                      "rho": tcfg.teacher.rho}, nfe=teacher.nfe, config=cfg.to_dict(),
-            progress=progress, **storage)
+            progress=progress, labels=bool(tmeta["num_classes"]), **storage)
+    if not cfg.pairs.store_noise:
+        raise KDMError("pairs.store_noise=false is for image teachers; a 2-D pair's noise "
+                       "takes no more room than its seed, so leave it true")
     sampler, bs, scale = cfg.teacher.sampler, cfg.pairs.batch_size, cfg.pairs.noise_scale
 
-    def generate(g: torch.Generator, count: int) -> dict[str, torch.Tensor]:
+    def generate(g: torch.Generator, count: int, advance: Any) -> dict[str, torch.Tensor]:
         noise = scale * sigma * torch.randn(count, teacher.dim, generator=g)
-        clean = torch.cat([teacher.sample(noise[i:i + bs], sampler, steps)
-                           for i in range(0, count, bs)])
-        return {"noise": noise, "clean": clean}
+        clean = []
+        for i in range(0, count, bs):
+            clean.append(teacher.sample(noise[i:i + bs], sampler, steps))
+            advance(len(clean[-1]))
+        return {"noise": noise, "clean": torch.cat(clean)}
 
     return write_pairs(out, generate, cfg.pairs.n, cfg.pairs.shard_size, cfg.pairs.seed,
                        sigma_max=sigma, shape=(teacher.dim,), teacher=teacher_identity(teacher_run),
@@ -234,7 +239,7 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
                                 **({"noise_scale": scale} if scale != 1.0 else {})},
                        nfe=nfe(sampler, steps),
                        config=cfg.to_dict(), source={"kind": "generated"}, progress=progress,
-                       **storage)
+                       reports_progress=True, **storage)
 
 
 # -- KDM ------------------------------------------------------------------------------------

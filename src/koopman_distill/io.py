@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import KDMError
+from .errors import KDMError, first_line
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -79,8 +79,9 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     try:
         with open(path) as f:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise KDMError(f"{what} {path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); "
-                       "it may be truncated or corrupt") from None
+    except (ValueError, RecursionError) as e:  # also integers too long, nesting too deep
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else first_line(e)
+        raise KDMError(f"{what} {path} is not valid JSON ({reason}); it may be truncated or "
+                       "corrupt") from None
     except OSError as e:
         raise KDMError(f"cannot read {what} {path}: {e.strerror or e}") from None

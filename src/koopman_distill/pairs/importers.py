@@ -28,6 +28,7 @@ from .manifest import IDENTITY_KEYS, new_manifest, num_shards, shard_len
 from .store import (
     PairStore,
     _as_shard,
+    _check_memory,
     _check_sigma,
     _open_for_writing,
     _positive_int,
@@ -153,6 +154,7 @@ def import_trajectory(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     The file is validated (and checked for NaN/inf) before anything is written.
     """
     _check_order_arg(order)
+    shard_size = _positive_int(shard_size, "shard_size")
     path = Path(src)
     if not path.is_file():
         raise KDMError(f"trajectory file not found: {path}")
@@ -339,18 +341,22 @@ def import_npz_folder(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                          seed=None, teacher=_TEACHER,
                          sampler={"method": "unknown", "trajectory_steps": ref[key][0][0]},
                          nfe=None, source=source, config=None)
-    writer = _open_for_writing(Path(out_dir), fresh, IDENTITY_KEYS + ("source",), resume=False)
+    out = Path(out_dir)
+    _check_memory(min(n, shard_size), shape)
+    writer = _open_for_writing(out, fresh, IDENTITY_KEYS + ("source",), resume=False,
+                               extra_bytes=0 if labels is None else 8)
     if isinstance(writer, PairStore):
         return writer
-    for i in tqdm(range(num_shards(n, shard_size)), desc=f"import {folder.name}", unit="shard",
-                  disable=not progress):
-        start, count = i * shard_size, shard_len(n, shard_size, i)
-        arrays = {"noise": np.empty((count, *shape), np.float32),
-                  "clean": np.empty((count, *shape), np.float32)}
-        for j, path in enumerate(files[start:start + count]):
-            ends = _load_ends(path, key)
-            arrays["noise"][j], arrays["clean"][j] = ends[noise_end], ends[-1 - noise_end]
-        if labels is not None:
-            arrays["label"] = np.asarray(labels[start:start + count], dtype=np.int64)
-        writer.write(i, _as_shard(arrays, count, shape, f"shard {i}"))
+    with tqdm(total=n, desc="import", unit="pair", disable=not progress) as bar:
+        for i in range(num_shards(n, shard_size)):
+            start, count = i * shard_size, shard_len(n, shard_size, i)
+            arrays = {"noise": np.empty((count, *shape), np.float32),
+                      "clean": np.empty((count, *shape), np.float32)}
+            for j, path in enumerate(files[start:start + count]):
+                ends = _load_ends(path, key)
+                arrays["noise"][j], arrays["clean"][j] = ends[noise_end], ends[-1 - noise_end]
+                bar.update()
+            if labels is not None:
+                arrays["label"] = np.asarray(labels[start:start + count], dtype=np.int64)
+            writer.write(i, _as_shard(arrays, count, shape, f"shard {i}", out))
     return writer.finish()
