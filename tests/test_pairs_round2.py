@@ -304,3 +304,25 @@ def test_import_arguments_checked_first(tmp_path):
                            "--order", "noise-first"))
     assert "is not a pair store (it holds 'notes.txt')" in line
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["notes.txt"]
+
+
+def test_epoch_order_sized_by_the_files(tmp_path):
+    """One shard claiming 10**15 examples: refused at its header, not by a huge permutation."""
+    store = make(tmp_path / "s", n=25, shard_size=25).path
+    edited(store, lambda m: (m.update(count=10**15, shard_size=10**15),
+                             m["shards"][0].update(count=10**15)))
+    with pytest.raises(KDMError, match=r"noise-00000.npy holds float32 \(25, 2\) but the "
+                                       r"manifest says float32 \(1000000000000000, 2\)"):
+        next(PairStore(store).batches(4))
+
+
+def test_import_into_its_own_folder_refused(tmp_path):
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        np.savez(folder / f"{i}.npz", endpoints=rng.standard_normal((2, 1, 2, 2)))
+    line = error_line(*cli("pairs", "import", folder, "--out", folder / "store",
+                           "--order", "noise-first"))
+    assert f"the store {folder / 'store'} would lie inside the folder {folder}" in line
+    assert sorted(p.name for p in folder.iterdir()) == [f"{i}.npz" for i in range(6)]

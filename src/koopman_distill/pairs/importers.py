@@ -295,9 +295,12 @@ def import_npz_folder(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise KDMError(f"num_classes must be a positive integer, got {num_classes!r}")
     shard_size = _positive_int(shard_size, "shard_size")
-    folder = Path(src)
+    folder, out = Path(src), Path(out_dir)
     if not folder.is_dir():
         raise KDMError(f"npz folder not found: {folder} is not a directory")
+    if out.resolve().is_relative_to(folder.resolve()):
+        raise KDMError(f"the store {out} would lie inside the folder {folder} it is imported "
+                       "from; put --out elsewhere")
     files = _list_npz(folder)
 
     ref, _ = _scan_npz(files[0])
@@ -341,7 +344,6 @@ def import_npz_folder(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                          seed=None, teacher=_TEACHER,
                          sampler={"method": "unknown", "trajectory_steps": ref[key][0][0]},
                          nfe=None, source=source, config=None)
-    out = Path(out_dir)
     _check_memory(min(n, shard_size), shape)
     writer = _open_for_writing(out, fresh, IDENTITY_KEYS + ("source",), resume=False,
                                extra_bytes=0 if labels is None else 8)

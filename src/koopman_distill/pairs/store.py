@@ -200,7 +200,10 @@ class PairStore:
 
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
         """The shuffled example order of ``epoch`` (N,): ``default_rng((seed, epoch))``'s
-        permutation."""
+        permutation. Every shard is opened first, so that N is the files' count, not only the
+        manifest's."""
+        for i in range(self.num_shards):
+            self.shard_arrays(i)
         return np.random.default_rng((seed, epoch)).permutation(len(self))
 
     def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, rank: int = 0,
