@@ -81,6 +81,7 @@ def test_deeply_nested_and_huge_number_manifests(tmp_path):
     (lambda m: m["shards"][2].update(count=5.0), "shard 2 count 5.0"),
     (lambda m: m["shards"][0]["sha256"].update(clean="z" * 64), "shard 0 sha256"),
     (lambda m: m.update(shape=[10**12, 10**12]), "are more values than any store holds"),
+    (lambda m: m.update(shard_size=10**30), "shard_size at most 2**60"),
 ])
 def test_wrong_typed_manifest_fields(tmp_path, edit, expect):
     store = edited(make(tmp_path / "s").path, edit)
@@ -143,6 +144,16 @@ def test_disk_estimate_against_free_space(tmp_path, monkeypatch):
     monkeypatch.setattr(store_module.shutil, "disk_usage",
                         lambda p: SimpleNamespace(free=free + 1))
     assert len(make(tmp_path / "a", labels=True)) == 25
+
+
+def test_shard_size_beyond_int64_refused(tiny, tmp_path):
+    """Shard sizes that numpy cannot index with are refused before writing."""
+    with pytest.raises(KDMError, match="shard size 10{30} is larger than any store"):
+        make(tmp_path / "s", shard_size=10**30)
+    line = error_line(*cli("pairs", "--teacher", tiny["teacher"], "--out", tmp_path / "t",
+                           "--n", "10", "--set", "pairs.shard_size=1e300"))
+    assert "is larger than any store (at most 2**60 examples); lower pairs.shard_size" in line
+    assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
 
 
 def test_shard_beyond_memory_refused(tmp_path, monkeypatch):

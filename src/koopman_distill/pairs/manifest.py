@@ -33,7 +33,7 @@ REQUIRED_KEYS = ("format", "version", "complete", "count", "shard_size", "shape"
 IDENTITY_KEYS = ("count", "shard_size", "seed", "shape", "sigma_max", "teacher", "sampler",
                  "nfe")
 FLOAT_DTYPES = ("float16", "float32", "float64")  # what noise and clean may be stored as
-_MAX_VALUES = 2**60  # values in a store (1 EiB of float16): more is a damaged manifest
+MAX_VALUES = 2**60  # values in a store (1 EiB of float16): more is a damaged manifest
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -44,7 +44,7 @@ def shard_file(name: str, index: int) -> str:
 
 def num_shards(count: int, shard_size: int) -> int:
     """Number of shards holding ``count`` examples, ``shard_size`` per shard (last may be short)."""
-    return math.ceil(count / shard_size)
+    return -(-count // shard_size)  # integers: exact for any count
 
 
 def shard_len(count: int, shard_size: int, index: int) -> int:
@@ -64,6 +64,9 @@ def new_manifest(*, count: int, shard_size: int, shape: tuple[int, ...], sigma_m
     """A manifest for an empty, incomplete store. ``dtypes`` are the noise (or noise_seed) and
     clean arrays it will hold (default float32 noise and clean); ``label`` is added with the
     first shard."""
+    if shard_size > MAX_VALUES:
+        raise KDMError(f"shard size {shard_size} is larger than any store (at most 2**60 "
+                       "examples); lower pairs.shard_size")
     for name, value in (("teacher", teacher), ("sampler", sampler), ("source", source)):
         if not isinstance(value, dict):
             raise KDMError(f"{name} must be a dict describing the pairs, got "
@@ -115,12 +118,13 @@ def check_manifest(m: Any, path: Path, *, partial: bool = False) -> None:
     if m["order"] != PAIR_ORDER:
         raise bad(f"pair order {m['order']!r}, expected {PAIR_ORDER!r}")
     count, size = m["count"], m["shard_size"]
-    if not (_is_int(count) and _is_int(size) and count > 0 and size > 0):
-        raise bad(f"count {count!r} and shard_size {size!r} must be positive integers")
+    if not (_is_int(count) and _is_int(size) and count > 0 and 0 < size <= MAX_VALUES):
+        raise bad(f"count {count!r} and shard_size {size!r} must be positive integers, "
+                  "shard_size at most 2**60")
     shape = m["shape"]
     if not (isinstance(shape, list) and shape and all(_is_int(s) and s > 0 for s in shape)):
         raise bad(f"shape {shape!r}")
-    if count * math.prod(shape) > _MAX_VALUES:
+    if count * math.prod(shape) > MAX_VALUES:
         raise bad(f"{count} examples of shape {shape} are more values than any store holds")
     if not (_is_number(m["sigma_max"]) and m["sigma_max"] > 0):
         raise bad(f"sigma_max {m['sigma_max']!r}")

@@ -475,13 +475,13 @@ def store_bytes(n: int, shard_size: int, shape: Any, dtypes: Mapping[str, str],
     return n * per + num_shards(n, shard_size) * (len(dtypes) * _HEADER_BYTES + _ENTRY_BYTES)
 
 
-def _size(n: float) -> str:
-    """``n`` bytes for people: 1.5 GB, 22 TB."""
-    for unit in ("bytes", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+def _size(n: int) -> str:
+    """``n`` bytes for people: 320 bytes, 1.5 GB, 22.4 TB (integer TB beyond 1000 TB)."""
+    units = ("bytes", "kB", "MB", "GB", "TB")
+    k = 0
+    while k < len(units) - 1 and n >= 1000 ** (k + 1):
+        k += 1
+    return f"{n // 1000**4} TB" if n >= 1000**5 else f"{n / 1000**k:.3g} {units[k]}"
 
 
 def _check_disk(out: Path, n: int, need: int) -> None:
