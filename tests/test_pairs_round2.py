@@ -67,6 +67,7 @@ def test_deeply_nested_and_huge_number_manifests(tmp_path):
 @pytest.mark.parametrize("edit,expect", [
     (lambda m: m.update(version=True), "no positive integer format version"),
     (lambda m: m.update(sigma_max=True), "sigma_max True"),
+    (lambda m: m.update(sigma_max=10**400), "sigma_max 1000"),  # no float holds it
     (lambda m: m.update(seed="7"), "seed '7' is not an integer"),
     (lambda m: m.update(nfe={}), "nfe {} is not a count"),
     (lambda m: m.update(teacher=["x"]), "teacher ['x'] is not an object"),

@@ -450,8 +450,9 @@ def _open_for_writing(out: Path, fresh: dict[str, Any], keys: tuple[str, ...],
             raise KDMError(f"{out} exists and is not a pair store (it holds {foreign[0]!r}); "
                            "use another --out or delete it")
     left = fresh["count"] - sum(s["count"] for s in fresh["shards"])
+    extra = 0 if "label" in fresh["dtypes"] else extra_bytes  # resumed: labels are listed
     _check_disk(out, left, store_bytes(left, fresh["shard_size"], fresh["shape"],
-                                       fresh["dtypes"], extra_bytes))
+                                       fresh["dtypes"], extra))
     out.mkdir(parents=True, exist_ok=True)
     for p in out.iterdir():  # temp files of an interrupted write
         if _TEMP_RE.fullmatch(p.name):
@@ -524,7 +525,8 @@ def _positive_int(value: Any, what: str) -> int:
 
 
 def _check_sigma(sigma_max: Any) -> float:
-    if not (isinstance(sigma_max, (int, float)) and math.isfinite(sigma_max) and sigma_max > 0):
+    if not (isinstance(sigma_max, (int, float)) and not isinstance(sigma_max, bool)
+            and 0 < sigma_max < 1e300):  # NaN and inf fail the comparisons
         raise KDMError(f"sigma_max must be a positive number, got {sigma_max!r}")
     return float(sigma_max)
 
