@@ -223,6 +223,19 @@ def test_progress_counts_pairs_within_shards(tmp_path, monkeypatch):
     assert (Bar.made[0].total, sum(Bar.made[0].steps), Bar.made[0].n) == (35, 15, 35)
 
 
+def test_kdm_pairs_moves_within_a_batch(tiny, tmp_path, monkeypatch):
+    """Tiny preset: shards of 200 in batches of 128, Heun x4 = 8 evaluations per batch: the
+    bar moves by 16 pairs per evaluation; the store is bitwise the tiny fixture's."""
+    monkeypatch.setattr(store_module, "tqdm", Bar)
+    Bar.made.clear()
+    assert cli("pairs", "--teacher", tiny["teacher"], "--out", tmp_path / "s")[0] == 0
+    (bar,) = Bar.made
+    assert (bar.total, bar.n) == (512, 512)
+    assert [k for k in bar.steps if k][:9] == [16] * 8 + [9]  # batch 2 of shard 0: 72 pairs
+    for f in tiny["pairs"].iterdir():
+        assert f.read_bytes() == (tmp_path / "s" / f.name).read_bytes(), f.name
+
+
 def test_cli_bar_is_labelled_once(tiny, tmp_path):
     out = tmp_path / "pairs"  # the store's name is the bar's label: `pairs pairs:` before
     code, err = cli("pairs", "--teacher", tiny["teacher"], "--out", out)
