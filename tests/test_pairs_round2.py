@@ -392,3 +392,19 @@ def test_resume_over_mutated_manifests(tmp_path_factory, data):
     except KDMError as e:
         assert "\n" not in str(e)
         assert {p.name: p.read_bytes() for p in store.iterdir()} == before
+
+
+def test_unwritable_out_is_one_line(tiny, tmp_path, monkeypatch):
+    """A parent that cannot be created (read-only, or a file on the way): one line."""
+    (tmp_path / "file").write_text("mine")
+    line = error_line(*cli("pairs", "--teacher", tiny["teacher"], "--out",
+                           tmp_path / "file" / "store"))
+    assert f"cannot write {tmp_path / 'file' / 'store'}: " in line
+    assert "nothing was written" in line
+
+    def read_only(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    line = error_line(*cli("pairs", "--teacher", tiny["teacher"], "--out", tmp_path / "ro"))
+    assert f"cannot write {tmp_path / 'ro'}: Permission denied; nothing was written" in line

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import KDMError, first_line
-from ..io import atomic_write, read_json, sha256_file, write_json
+from ..io import atomic_write, read_json, sha256_file, write_failed, write_json
 from ..training.distributed import gather_to_main, is_main, on_main, rank, world_size
 from .manifest import (
     ARRAY_NAMES,
@@ -453,7 +453,10 @@ def _open_for_writing(out: Path, fresh: dict[str, Any], keys: tuple[str, ...],
     extra = 0 if "label" in fresh["dtypes"] else extra_bytes  # resumed: labels are listed
     _check_disk(out, left, store_bytes(left, fresh["shard_size"], fresh["shape"],
                                        fresh["dtypes"], extra))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a read-only parent, a file on the way
+        raise write_failed(out, e, "nothing was written") from None
     for p in out.iterdir():  # temp files of an interrupted write
         if _TEMP_RE.fullmatch(p.name):
             p.unlink()
