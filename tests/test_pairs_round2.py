@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -408,3 +409,26 @@ def test_unwritable_out_is_one_line(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "mkdir", read_only)
     line = error_line(*cli("pairs", "--teacher", tiny["teacher"], "--out", tmp_path / "ro"))
     assert f"cannot write {tmp_path / 'ro'}: Permission denied; nothing was written" in line
+
+
+def lying_npz(path: Path, shape: tuple[int, ...]) -> Path:
+    """An .npz whose ``endpoints`` header claims ``shape`` but holds 64 bytes of data."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
+                                               "shape": shape})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("endpoints.npy", buf.getvalue() + b"\0" * 64)
+    return path
+
+
+def test_npz_headers_checked_against_their_bytes(tmp_path):
+    """A header claiming petabytes is refused before numpy allocates them."""
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    for i in range(5):
+        lying_npz(folder / f"{i}.npz", (2, 10**6, 10**6, 1000))
+    line = error_line(*cli("pairs", "import", folder, "--out", tmp_path / "o",
+                           "--order", "noise-first"))
+    assert "0.npz: endpoints claims shape (2, 1000000, 1000000, 1000) of float32 but holds " \
+           "only 64 bytes" in line
+    assert not (tmp_path / "o").exists()

@@ -215,6 +215,10 @@ def _scan_npz(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype]], 
                     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                             else np.lib.format.read_array_header_2_0)
                     shape, _, dtype = read(member)
+                    held = z.getinfo(name).file_size - member.tell()
+                if math.prod(shape) * dtype.itemsize > held:  # before numpy allocates it
+                    raise KDMError(f"{path}: {key} claims shape {shape} of {dtype} but holds "
+                                   f"only {held} bytes; the file is truncated or corrupt")
                 header[key] = (shape, dtype)
                 if key == "label":
                     with z.open(name) as member:
