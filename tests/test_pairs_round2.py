@@ -432,3 +432,16 @@ def test_npz_headers_checked_against_their_bytes(tmp_path):
     assert "0.npz: endpoints claims shape (2, 1000000, 1000000, 1000) of float32 but holds " \
            "only 64 bytes" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_shard_is_a_problem_not_a_traceback(tmp_path, monkeypatch):
+    store = make(tmp_path / "s")
+    real = store_module.sha256_file
+
+    def denied(path):
+        if Path(path).name == "clean-00001.npy":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(store_module, "sha256_file", denied)
+    assert store.verify() == ["clean-00001.npy: unreadable (Permission denied)"]

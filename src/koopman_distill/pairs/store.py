@@ -239,7 +239,11 @@ class PairStore:
                 if not f.is_file():
                     problems.append(f"{fname}: missing")
                     continue
-                got, want = sha256_file(f), entry["sha256"][name]
+                try:
+                    got, want = sha256_file(f), entry["sha256"][name]
+                except OSError as e:
+                    problems.append(f"{fname}: unreadable ({e.strerror or e})")
+                    continue
                 if got != want:
                     problems.append(f"{fname}: sha256 {got[:12]}... differs from the manifest's "
                                     f"{want[:12]}... (file changed or corrupt)")
