@@ -577,8 +577,8 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
     if not shape:
         raise KDMError("shape must have at least one dimension, e.g. (2,) or (3, 32, 32)")
     out = Path(out_dir)
-    dtypes = {"noise" if store_noise else "noise_seed": "float32" if store_noise else "int64",
-              "clean": clean_dtype}
+    dtypes = ({"noise": "float32"} if store_noise else {"noise_seed": "int64"}) | {
+        "clean": clean_dtype}
     fresh = new_manifest(count=n, shard_size=shard_size, shape=shape,
                          sigma_max=_check_sigma(sigma_max), seed=int(seed), teacher=teacher,
                          sampler=sampler, nfe=nfe, config=config,
@@ -611,14 +611,14 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
         return _keep_noise_or_seeds(arrays, store_noise, sigma_max, where)
 
     todo = (i for i in range(num_shards(n, shard_size)) if i not in writer.done)
-    while ranks := list(itertools.islice(todo, world_size())):  # a round: a shard per process
-        mine = ranks[rank()] if rank() < len(ranks) else None
+    while this_round := list(itertools.islice(todo, world_size())):  # a shard per process
+        mine = this_round[rank()] if rank() < len(this_round) else None
         try:
             done = None if mine is None else (mine, shard(mine))
         except KDMError as e:
             done = e
         _write_round(writer, gather_to_main(done))
-        bar.update(sum(shard_len(n, shard_size, i) for i in ranks if i != mine))
+        bar.update(sum(shard_len(n, shard_size, i) for i in this_round if i != mine))
     bar.close()
     return on_main(writer.finish)
 
