@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import pickle
 import shutil
 import sys
@@ -497,12 +498,6 @@ CASES: list[Case] = [
     Case("deeply nested run.json", _sample(lambda w: w.run_copy(lambda r: (
         r / "run.json").write_text("[" * 100_000 + "]" * 100_000))),
         "is not a file koopman-distill wrote (RecursionError"),
-    Case("deeply nested config.json", _sample(lambda w: w.run_copy(lambda r: (
-        r / "config.json").write_text('{"a":' * 50_000 + "1" + "}" * 50_000))),
-        "is not a file koopman-distill wrote (RecursionError"),
-    Case("config.json with a 5000-digit integer", _sample(lambda w: w.run_copy(
-        lambda r: (r / "config.json").write_text('{"preset": ' + "9" * 5000 + "}"))),
-        "is not a file koopman-distill wrote (ValueError"),
     Case("damaged log row before the last", _resume(lambda r: (r / "log.jsonl").write_text(
         "garbage\n" + (r / "log.jsonl").read_text())), "log.jsonl line 1 is not a log row"),
     Case("run directory name not valid UTF-8", lambda w: [
@@ -513,7 +508,71 @@ CASES: list[Case] = [
     # ---- end of resume and runs, round 2
 
     # pair stores, round 2
-    # (cases added here)
+    Case("deeply nested manifest", _train(lambda w: w.store_shard(
+        "manifest.json", b"[" * 100_000 + b"]" * 100_000)),
+        "is not a file koopman-distill wrote (RecursionError: maximum recursion depth"),
+    Case("manifest number of 5000 digits", _train(lambda w: w.store_shard(
+        "manifest.json", b'{"format": "kdm-pairs", "count": ' + b"7" * 5000 + b"}")),
+        "is not a file koopman-distill wrote (ValueError: Exceeds the limit (4300 digits)"),
+    Case("huge-shaped manifest", _train(lambda w: w.store(
+        lambda m: m.update(shape=[10**12, 10**12]))), "are more values than any store holds"),
+    Case("boolean sigma_max", _train(lambda w: w.store(lambda m: m.update(sigma_max=True))),
+         "is inconsistent (sigma_max True)"),
+    Case("text seed in a manifest", _train(lambda w: w.store(lambda m: m.update(seed="1"))),
+         "seed '1' is not an integer or null"),
+    Case("sampler not an object", _train(lambda w: w.store(lambda m: m.update(sampler=[4]))),
+         "sampler [4] is not an object"),
+    Case("text for complete", _train(lambda w: w.store(lambda m: m.update(complete="yes"))),
+         "complete 'yes' is not true or false"),
+    Case("shard index true", _train(lambda w: w.store(
+        lambda m: m["shards"][1].update(index=True))), "shard index True is not one of 0..2"),
+    Case("shard digest not hex", _train(lambda w: w.store(
+        lambda m: m["shards"][0]["sha256"].update(clean="g" * 64))), "shard 0 sha256"),
+    Case("dtype null (reads as float64)", _train(lambda w: w.store(
+        lambda m: m["dtypes"].update(clean=None))), "is inconsistent (dtypes"),
+    Case("resume over a damaged manifest", lambda w: [
+        "pairs", "--teacher", w.teacher, "--out", w.store(lambda m: m.update(
+            complete=False, shards=[{**m["shards"][0], "files": "noise-00000.npy"}]))],
+        "is inconsistent (shard 0 files 'noise-00000.npy'"),
+    Case("pairs into a store of other dtypes", lambda w: [
+        "pairs", "--teacher", w.teacher, "--out", w.store(),
+        "--set", "pairs.clean_dtype=float16"], "already holds a pair store with other "
+        "settings (arrays {'noise': 'float32', 'clean': 'float32'} vs"),
+    Case("--n beyond the free disk", lambda w: [
+        "pairs", "--teacher", w.teacher, "--out", w.p("o"), "--n", "1e12"],
+        "1000000000000 pairs need about 22.4 TB (22400000000000 bytes) but"),
+    Case("import from a named pipe", lambda w: [
+        "pairs", "import", os.mkfifo(w.p("fifo")) or w.p("fifo"), "--out", w.p("o")],
+        "is neither a file nor a directory"),
+    Case("shard count as a float", _train(lambda w: w.store(
+        lambda m: m["shards"][2].update(count=112.0))), "is inconsistent (shard 2 count 112.0)"),
+    Case("pairs --set of a training key", lambda w: [
+        "pairs", "--teacher", w.teacher, "--out", w.p("o"), "--set", "train.steps=5"],
+        "--set train.steps has no effect on `kdm pairs`"),
+    Case("pairs --set of the teacher's noise scale", lambda w: [
+        "pairs", "--teacher", w.teacher, "--out", w.p("o"), "--set", "teacher.sigma_max=3"],
+        "--set teacher.sigma_max has no effect on `kdm pairs`"),
+    Case("--n and pairs.n together", lambda w: [
+        "pairs", "--teacher", w.teacher, "--out", w.p("o"), "--n", "300",
+        "--set", "pairs.n=400"], "give --n or --set pairs.n, not both"),
+    Case("seeded noise for a 2-D teacher", lambda w: [
+        "pairs", "--teacher", w.teacher, "--out", w.p("o"), "--set", "pairs.store_noise=false"],
+        "pairs.store_noise=false is for image teachers"),
+    Case("verify a store with NaN (checksum updated)", lambda w: ["pairs", "verify", w.store_shard(
+        "clean-00001.npy", _nan_shard(w), reseal=True)],
+        "clean-00001.npy has 1 non-finite values (NaN/inf), at example indices [203]"),
+    Case("verify a shard of the wrong shape (checksum updated)", lambda w: [
+        "pairs", "verify", w.store_shard("noise-00002.npy", npy_bytes(
+            np.zeros((4, 2), np.float32)), reseal=True)],
+        "noise-00002.npy holds float32 (4, 2) but the manifest says float32 (112, 2)"),
+    Case("import with --shard-size 0", lambda w: [
+        "pairs", "import", w.npy("t.npy", np.zeros((3, 10, 2), np.float32)), "--out", w.p("o"),
+        "--shard-size", "0"], "--shard-size must be a positive integer, got 0"),
+    Case("import with --sigma-max inf", lambda w: [
+        "pairs", "import", w.npy("t.npy", np.zeros((3, 10, 2), np.float32)), "--out", w.p("o"),
+        "--sigma-max", "inf"], "--sigma-max must be a positive number, got inf"),
+    Case("format version true", _train(lambda w: w.store(lambda m: m.update(version=True))),
+         "has no positive integer format version (got True)"),
     # ---- end of pair stores, round 2
 
     # sample, eval and outputs, round 2

@@ -30,7 +30,7 @@ from .models import KDM
 from .models.baselines import build_baseline, sampling_path_params, student_label, student_nfe
 from .models.kdm_image import ImageKDM
 from .pairs import PairStore, write_pairs
-from .teachers import FlowMatchingTeacher, nfe
+from .teachers import FlowMatchingTeacher, nfe, ode_sample
 from .training import TensorBatches, Trainer
 from .training.checkpoint import latest_checkpoint, load_into, load_weights, step_of
 from .training.data import rank_batch_size
@@ -297,14 +297,30 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
             shape=tuple(tmeta["shape"]), teacher=teacher_identity(teacher_run),
             sampler={"method": "heun-karras", "steps": steps, "sigma_min": tcfg.teacher.sigma_min,
                      "rho": tcfg.teacher.rho}, nfe=teacher.nfe, config=cfg.to_dict(),
-            progress=progress, **storage)
+            progress=progress, labels=bool(tmeta["num_classes"]), **storage)
+    if not cfg.pairs.store_noise:
+        raise KDMError("pairs.store_noise=false is for image teachers; a 2-D pair's noise "
+                       "takes no more room than its seed, so leave it true")
     sampler, bs, scale = cfg.teacher.sampler, cfg.pairs.batch_size, cfg.pairs.noise_scale
+    evals = nfe(sampler, steps)
 
-    def generate(g: torch.Generator, count: int) -> dict[str, torch.Tensor]:
+    def generate(g: torch.Generator, count: int, advance: Any) -> dict[str, torch.Tensor]:
         noise = scale * sigma * torch.randn(count, teacher.dim, generator=g)
-        clean = torch.cat([teacher.sample(noise[i:i + bs], sampler, steps)
-                           for i in range(0, count, bs)])
-        return {"noise": noise, "clean": clean}
+        calls = [0]
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            """The teacher's; after call c of a batch of b, c * b // evals of its pairs count
+            as done (the bar moves within a batch)."""
+            calls[0] += 1
+            advance(calls[0] * len(x) // evals - (calls[0] - 1) * len(x) // evals)
+            return teacher.velocity(x, t)
+
+        clean = []
+        with torch.no_grad():  # = teacher.sample(x, sampler, steps), counted
+            for i in range(0, count, bs):
+                calls[0] = 0
+                clean.append(ode_sample(velocity, noise[i:i + bs], steps, sampler))
+        return {"noise": noise, "clean": torch.cat(clean)}
 
     return write_pairs(out, generate, cfg.pairs.n, cfg.pairs.shard_size, cfg.pairs.seed,
                        sigma_max=sigma, shape=(teacher.dim,), teacher=teacher_identity(teacher_run),
@@ -312,7 +328,7 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
                                 **({"noise_scale": scale} if scale != 1.0 else {})},
                        nfe=nfe(sampler, steps),
                        config=cfg.to_dict(), source={"kind": "generated"}, progress=progress,
-                       **storage)
+                       reports_progress=True, **storage)
 
 
 # -- KDM ------------------------------------------------------------------------------------

@@ -207,15 +207,43 @@ def cmd_teacher_train(args: argparse.Namespace) -> None:
     print(f"teacher run: {api.run_summary(api.train_teacher(cfg, args.out))}")
 
 
+def _pair_count(text: str) -> int:
+    """``--n``: a whole number, also written as a float (``5e4``, ``1e6``)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value.is_integer()):
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (give a whole number "
+                                         "of pairs, e.g. 50000 or 5e4)")
+    return int(value)
+
+
 def cmd_pairs(args: argparse.Namespace) -> None:
     from . import api
 
-    cfg, _ = api.read_run(args.teacher)
+    cfg, meta = api.read_run(args.teacher)
     cfg = _config(args, cfg)
-    if args.n is not None:
-        cfg.pairs.n = args.n
-    if args.seed is not None:
-        cfg.pairs.seed = args.seed
+    # what make_pairs reads of the config; other settings would be silently ignored
+    used = ["pairs.n", "pairs.shard_size", "pairs.batch_size", "pairs.seed", "pairs.clean_dtype",
+            "pairs.store_noise", "pairs.noise_scale", "teacher.steps",
+            "train.device" if "shape" in meta else "teacher.sampler"]
+    keys = [item.partition("=")[0].strip() for item in args.set or []]
+    for key in keys:
+        if key not in used:
+            kind = "an image" if "shape" in meta else "a 2-D"
+            raise KDMError(f"--set {key} has no effect on `kdm pairs` with {kind} teacher, "
+                           f"which reads only {', '.join(used)}; drop it (the teacher's other "
+                           "settings are its run's, the student's belong to `kdm train`)")
+    for flag, key, value in (("--n", "pairs.n", args.n), ("--seed", "pairs.seed", args.seed)):
+        if value is not None and key in keys:
+            raise KDMError(f"give {flag} or --set {key}, not both")
+        if value is not None:
+            setattr(cfg.pairs, key.split(".")[1], value)
     store = api.make_pairs(args.teacher, args.out, cfg)
     m = store.manifest
     print(f"pair store: {args.out} ({m['count']} pairs, {len(m['shards'])} shards, "
@@ -226,11 +254,18 @@ def cmd_pairs_import(args: argparse.Namespace) -> None:
     from .pairs import import_npz_folder, import_trajectory
 
     src = Path(args.src)
+    if args.shard_size < 1:
+        raise KDMError(f"--shard-size must be a positive integer, got {args.shard_size}")
+    if args.sigma_max is not None and not (math.isfinite(args.sigma_max) and args.sigma_max > 0):
+        raise KDMError(f"--sigma-max must be a positive number, got {args.sigma_max}")
     kw = {"order": args.order, "sigma_max": args.sigma_max, "shard_size": args.shard_size}
     if src.is_dir():
         store = import_npz_folder(str(src), args.out, **kw)
     elif src.is_file():
         store = import_trajectory(str(src), args.out, **kw)
+    elif src.exists():
+        raise KDMError(f"import source {src} is neither a file nor a directory; give a (T, N, D) "
+                       ".npy file or a folder of .npz files")
     else:
         raise KDMError(f"import source not found: {src}")
     m = store.manifest
@@ -241,8 +276,10 @@ def cmd_pairs_import(args: argparse.Namespace) -> None:
 def cmd_pairs_verify(args: argparse.Namespace) -> None:
     from .pairs import PairStore
 
-    PairStore(args.store).check_intact()
-    print(f"{args.store}: ok")
+    store = PairStore(args.store)
+    store.check_intact(deep=True)
+    print(f"{args.store}: ok ({len(store)} pairs in {store.num_shards} shards: checksums, "
+          "headers and values checked)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -483,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "`kdm pairs import` / `kdm pairs verify`", epilog=EPILOG)
     s.add_argument("--teacher", required=True, help="teacher run directory")
     s.add_argument("--out", required=True, help="pair store directory (resumed if it exists)")
-    s.add_argument("--n", type=int, help="number of pairs (pairs.n)")
+    s.add_argument("--n", type=_pair_count, help="number of pairs (pairs.n), e.g. 50000 or "
+                   "5e4")
     s.add_argument("--seed", type=int, help="base noise seed (pairs.seed)")
     _add_config_args(s, with_preset=False)
     s.set_defaults(fn=cmd_pairs)

@@ -28,6 +28,7 @@ from .manifest import IDENTITY_KEYS, new_manifest, num_shards, shard_len
 from .store import (
     PairStore,
     _as_shard,
+    _check_memory,
     _check_sigma,
     _open_for_writing,
     _positive_int,
@@ -153,6 +154,7 @@ def import_trajectory(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     The file is validated (and checked for NaN/inf) before anything is written.
     """
     _check_order_arg(order)
+    shard_size = _positive_int(shard_size, "shard_size")
     path = Path(src)
     if not path.is_file():
         raise KDMError(f"trajectory file not found: {path}")
@@ -213,6 +215,10 @@ def _scan_npz(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype]], 
                     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                             else np.lib.format.read_array_header_2_0)
                     shape, _, dtype = read(member)
+                    held = z.getinfo(name).file_size - member.tell()
+                if math.prod(shape) * dtype.itemsize > held:  # before numpy allocates it
+                    raise KDMError(f"{path}: {key} claims shape {shape} of {dtype} but holds "
+                                   f"only {held} bytes; the file is truncated or corrupt")
                 header[key] = (shape, dtype)
                 if key == "label":
                     with z.open(name) as member:
@@ -293,9 +299,12 @@ def import_npz_folder(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise KDMError(f"num_classes must be a positive integer, got {num_classes!r}")
     shard_size = _positive_int(shard_size, "shard_size")
-    folder = Path(src)
+    folder, out = Path(src), Path(out_dir)
     if not folder.is_dir():
         raise KDMError(f"npz folder not found: {folder} is not a directory")
+    if out.resolve().is_relative_to(folder.resolve()):
+        raise KDMError(f"the store {out} would lie inside the folder {folder} it is imported "
+                       "from; put --out elsewhere")
     files = _list_npz(folder)
 
     ref, _ = _scan_npz(files[0])
@@ -339,18 +348,21 @@ def import_npz_folder(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                          seed=None, teacher=_TEACHER,
                          sampler={"method": "unknown", "trajectory_steps": ref[key][0][0]},
                          nfe=None, source=source, config=None)
-    writer = _open_for_writing(Path(out_dir), fresh, IDENTITY_KEYS + ("source",), resume=False)
+    _check_memory(min(n, shard_size), shape)
+    writer = _open_for_writing(out, fresh, IDENTITY_KEYS + ("source",), resume=False,
+                               extra_bytes=0 if labels is None else 8)
     if isinstance(writer, PairStore):
         return writer
-    for i in tqdm(range(num_shards(n, shard_size)), desc=f"import {folder.name}", unit="shard",
-                  disable=not progress):
-        start, count = i * shard_size, shard_len(n, shard_size, i)
-        arrays = {"noise": np.empty((count, *shape), np.float32),
-                  "clean": np.empty((count, *shape), np.float32)}
-        for j, path in enumerate(files[start:start + count]):
-            ends = _load_ends(path, key)
-            arrays["noise"][j], arrays["clean"][j] = ends[noise_end], ends[-1 - noise_end]
-        if labels is not None:
-            arrays["label"] = np.asarray(labels[start:start + count], dtype=np.int64)
-        writer.write(i, _as_shard(arrays, count, shape, f"shard {i}"))
+    with tqdm(total=n, desc="import", unit="pair", disable=not progress) as bar:
+        for i in range(num_shards(n, shard_size)):
+            start, count = i * shard_size, shard_len(n, shard_size, i)
+            arrays = {"noise": np.empty((count, *shape), np.float32),
+                      "clean": np.empty((count, *shape), np.float32)}
+            for j, path in enumerate(files[start:start + count]):
+                ends = _load_ends(path, key)
+                arrays["noise"][j], arrays["clean"][j] = ends[noise_end], ends[-1 - noise_end]
+                bar.update()
+            if labels is not None:
+                arrays["label"] = np.asarray(labels[start:start + count], dtype=np.int64)
+            writer.write(i, _as_shard(arrays, count, shape, f"shard {i}", out))
     return writer.finish()

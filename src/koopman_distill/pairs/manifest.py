@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..errors import KDMError
 
@@ -32,6 +32,9 @@ REQUIRED_KEYS = ("format", "version", "complete", "count", "shard_size", "shape"
 # any of them is refused rather than mixing two kinds of pairs.
 IDENTITY_KEYS = ("count", "shard_size", "seed", "shape", "sigma_max", "teacher", "sampler",
                  "nfe")
+FLOAT_DTYPES = ("float16", "float32", "float64")  # what noise and clean may be stored as
+MAX_VALUES = 2**60  # values in a store (1 EiB of float16): more is a damaged manifest
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def shard_file(name: str, index: int) -> str:
@@ -41,7 +44,7 @@ def shard_file(name: str, index: int) -> str:
 
 def num_shards(count: int, shard_size: int) -> int:
     """Number of shards holding ``count`` examples, ``shard_size`` per shard (last may be short)."""
-    return math.ceil(count / shard_size)
+    return -(-count // shard_size)  # integers: exact for any count
 
 
 def shard_len(count: int, shard_size: int, index: int) -> int:
@@ -56,15 +59,34 @@ def jsonable(obj: Any) -> Any:
 
 def new_manifest(*, count: int, shard_size: int, shape: tuple[int, ...], sigma_max: float,
                  seed: int | None, teacher: dict, sampler: dict, nfe: int | None,
-                 source: Any, config: dict | None) -> dict[str, Any]:
-    """A manifest for an empty, incomplete store (dtypes gain ``label`` with the first shard)."""
+                 source: Any, config: dict | None,
+                 dtypes: dict[str, str] | None = None) -> dict[str, Any]:
+    """A manifest for an empty, incomplete store. ``dtypes`` are the noise (or noise_seed) and
+    clean arrays it will hold (default float32 noise and clean); ``label`` is added with the
+    first shard."""
+    if shard_size > MAX_VALUES:
+        raise KDMError(f"shard size {shard_size} is larger than any store (at most 2**60 "
+                       "examples); lower pairs.shard_size")
+    for name, value in (("teacher", teacher), ("sampler", sampler), ("source", source)):
+        if not isinstance(value, dict):
+            raise KDMError(f"{name} must be a dict describing the pairs, got "
+                           f"{type(value).__name__}")
     return jsonable({
         "format": FORMAT, "version": FORMAT_VERSION, "complete": False,
         "count": count, "shard_size": shard_size, "shape": list(shape),
-        "dtypes": {"noise": "float32", "clean": "float32"}, "order": PAIR_ORDER,
+        "dtypes": dtypes or {"noise": "float32", "clean": "float32"}, "order": PAIR_ORDER,
         "sigma_max": float(sigma_max), "seed": seed, "teacher": teacher, "sampler": sampler,
         "nfe": nfe, "source": source, "config": config, "shards": [],
     })
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    """A JSON number that is finite as a float (NaN, inf and huge integers are not)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and -1e300 < x < 1e300
 
 
 def check_header(m: Any, path: Path) -> None:
@@ -73,16 +95,19 @@ def check_header(m: Any, path: Path) -> None:
         raise KDMError(f"{path} is not a pair store manifest (format is not {FORMAT!r}); "
                        "point to a directory written by `kdm pairs` or an importer")
     version = m.get("version")
-    if not isinstance(version, int):
-        raise KDMError(f"{path} has no integer format version; the store is damaged, "
-                       "regenerate it")
+    if not _is_int(version) or version < 1:
+        raise KDMError(f"{path} has no positive integer format version (got {version!r}); the "
+                       "store is damaged, regenerate it")
     if version > FORMAT_VERSION:
         raise KDMError(f"{path} was written by a newer koopman-distill (format version "
                        f"{version} > {FORMAT_VERSION}); upgrade the package")
 
 
-def check_manifest(m: Any, path: Path) -> None:
-    """Validate a manifest read from ``path`` for reading; raise a one-line KDMError if unusable."""
+def check_manifest(m: Any, path: Path, *, partial: bool = False) -> None:
+    """Validate a manifest read from ``path``: every field the package reads has its type and
+    range; raise a one-line KDMError if unusable. A complete store must list all its shards;
+    ``partial`` (a store being resumed) also accepts an incomplete one listing some of them,
+    in order."""
     check_header(m, path)
     missing = [k for k in REQUIRED_KEYS if k not in m]
     if missing:
@@ -94,50 +119,85 @@ def check_manifest(m: Any, path: Path) -> None:
     if m["order"] != PAIR_ORDER:
         raise bad(f"pair order {m['order']!r}, expected {PAIR_ORDER!r}")
     count, size = m["count"], m["shard_size"]
-    if not (isinstance(count, int) and isinstance(size, int) and count > 0 and size > 0):
-        raise bad(f"count {count!r} and shard_size {size!r} must be positive integers")
+    if not (_is_int(count) and _is_int(size) and count > 0 and 0 < size <= MAX_VALUES):
+        raise bad(f"count {count!r} and shard_size {size!r} must be positive integers, "
+                  "shard_size at most 2**60")
     shape = m["shape"]
-    if not (isinstance(shape, list) and shape
-            and all(isinstance(s, int) and s > 0 for s in shape)):
+    if not (isinstance(shape, list) and shape and all(_is_int(s) and s > 0 for s in shape)):
         raise bad(f"shape {shape!r}")
-    sigma = m["sigma_max"]
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise bad(f"sigma_max {sigma!r}")
+    if count * math.prod(shape) > MAX_VALUES:
+        raise bad(f"{count} examples of shape {shape} are more values than any store holds")
+    if not (_is_number(m["sigma_max"]) and m["sigma_max"] > 0):
+        raise bad(f"sigma_max {m['sigma_max']!r}")
+    if not (m["seed"] is None or _is_int(m["seed"])):
+        raise bad(f"seed {m['seed']!r} is not an integer or null")
+    if not (m["nfe"] is None or (_is_int(m["nfe"]) and m["nfe"] >= 0)):
+        raise bad(f"nfe {m['nfe']!r} is not a count or null")
+    if not isinstance(m["complete"], bool):
+        raise bad(f"complete {m['complete']!r} is not true or false")
+    _check_descriptions(m, bad)
     dtypes = m["dtypes"]
     if (not isinstance(dtypes, dict) or "clean" not in dtypes
             or ("noise" in dtypes) == ("noise_seed" in dtypes)
             or set(dtypes) - set(ARRAY_NAMES)
-            or any(_dtype_kind(dtypes[k]) != "f" for k in PAIR_ORDER if k in dtypes)
+            or any(dtypes[k] not in FLOAT_DTYPES for k in PAIR_ORDER if k in dtypes)
             or dtypes.get("label", "int64") != "int64"
             or dtypes.get("noise_seed", "int64") != "int64"):
         raise bad(f"dtypes {dtypes!r}")
     shards, total = m["shards"], num_shards(count, size)
     if not (isinstance(shards, list) and all(isinstance(s, dict) for s in shards)):
         raise bad("shards is not a list of objects")
+    for s in shards:
+        _check_shard(s, count, size, dtypes, bad)
+    listed = [s["index"] for s in shards]
+    if partial and not m["complete"]:
+        if listed != sorted(set(listed)):
+            raise bad(f"the listed shards {listed} are not in order")
+        return
     if not m["complete"]:
         raise KDMError(f"pair store {path.parent} is incomplete ({len(shards)} of {total} "
                        "shards); rerun `kdm pairs` (or the import) with the same arguments to "
                        "resume")
-    if len(shards) != total or [s.get("index") for s in shards] != list(range(total)):
+    if len(shards) != total or listed != list(range(total)):
         raise bad(f"the {len(shards)} listed shards are not shards 0..{total - 1} in order")
-    for i, s in enumerate(shards):
-        if s.get("count") != shard_len(count, size, i):
-            raise bad(f"shard {i} count {s.get('count')!r}")
-        if s.get("files") != {n: shard_file(n, i) for n in dtypes}:
-            raise bad(f"shard {i} files {s.get('files')!r} are not those of dtypes "
-                      f"{sorted(dtypes)}")
-        digests = s.get("sha256")
-        if not (isinstance(digests, dict) and set(digests) == set(dtypes) and all(
-                isinstance(d, str) and len(d) == 64 for d in digests.values())):
-            raise bad(f"shard {i} sha256 {digests!r}")
 
 
-def _dtype_kind(name: Any) -> str | None:
-    """numpy kind letter of a dtype name, or None if it is not one."""
-    try:
-        return np.dtype(name).kind
-    except TypeError:
-        return None
+def _check_descriptions(m: dict, bad: Callable[[str], KDMError]) -> None:
+    """teacher, sampler, source and config: objects, with the fields other modules read."""
+    for key in ("teacher", "sampler", "source"):
+        if not isinstance(m[key], dict):
+            raise bad(f"{key} {m[key]!r} is not an object")
+    if not (m["config"] is None or isinstance(m["config"], dict)):
+        raise bad(f"config {m['config']!r} is not an object or null")
+    teacher, sampler = m["teacher"], m["sampler"]
+    if not isinstance(teacher.get("path", ""), str):
+        raise bad(f"teacher path {teacher['path']!r} is not a string")
+    if not (_is_int(teacher.get("num_classes", 0)) and teacher.get("num_classes", 0) >= 0):
+        raise bad(f"teacher num_classes {teacher['num_classes']!r} is not a count")
+    if not isinstance(sampler.get("method", ""), str):
+        raise bad(f"sampler method {sampler['method']!r} is not a string")
+    if not (_is_int(sampler.get("steps", 1)) and sampler.get("steps", 1) > 0):
+        raise bad(f"sampler steps {sampler['steps']!r} is not a positive integer")
+    scale = sampler.get("noise_scale", 1.0)
+    if not (_is_number(scale) and scale > 0):
+        raise bad(f"sampler noise_scale {scale!r} is not a positive number")
+
+
+def _check_shard(s: dict, count: int, size: int, dtypes: dict,
+                 bad: Callable[[str], KDMError]) -> None:
+    """One entry of ``shards``: its index, count, file names and digests."""
+    i = s.get("index")
+    if not (_is_int(i) and 0 <= i < num_shards(count, size)):
+        raise bad(f"shard index {i!r} is not one of 0..{num_shards(count, size) - 1}")
+    n = s.get("count")
+    if not (_is_int(n) and n == shard_len(count, size, i)):
+        raise bad(f"shard {i} count {n!r}")
+    if s.get("files") != {name: shard_file(name, i) for name in dtypes}:
+        raise bad(f"shard {i} files {s.get('files')!r} are not those of dtypes {sorted(dtypes)}")
+    digests = s.get("sha256")
+    if not (isinstance(digests, dict) and set(digests) == set(dtypes) and all(
+            isinstance(d, str) and _SHA256_RE.fullmatch(d) for d in digests.values())):
+        raise bad(f"shard {i} sha256 {digests!r}")
 
 
 def settings_diff(old: dict, new: dict, keys: tuple[str, ...]) -> list[str]:

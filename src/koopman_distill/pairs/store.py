@@ -18,9 +18,11 @@ bitwise the one a single process writes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,8 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..errors import KDMError
-from ..io import atomic_write, read_json, sha256_file, write_json
+from ..errors import KDMError, first_line
+from ..io import atomic_write, read_json, sha256_file, write_failed, write_json
 from ..training.distributed import gather_to_main, is_main, on_main, rank, world_size
 from .manifest import (
     ARRAY_NAMES,
@@ -143,27 +145,32 @@ class PairStore:
             raise IndexError(f"shard index {i} out of range [0, {self.num_shards})")
         if i in self._maps:
             return self._maps[i]
-        entry, arrays = self.manifest["shards"][i], {}
+        arrays = {}
         for name in self._names:
-            f = self.path / entry["files"][name]
-            try:
-                arr = np.load(f, mmap_mode="r", allow_pickle=False)
-            except FileNotFoundError:
-                raise KDMError(f"shard file {f} is missing; the store is damaged, "
-                               "regenerate it") from None
-            except (ValueError, OSError, EOFError) as e:
-                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise KDMError(f"shard file {f} is unreadable or truncated ({reason}); the "
-                               "store is damaged, regenerate it") from None
-            want_shape = (entry["count"], *self._example_shape(name))
-            want_dtype = np.dtype(self.manifest["dtypes"][name])
-            if arr.shape != want_shape or arr.dtype != want_dtype:
-                raise KDMError(f"shard file {f} holds {arr.dtype} {arr.shape} but the manifest "
-                               f"says {want_dtype} {want_shape}; the store is damaged, "
-                               "regenerate it")
+            arr = self._open_file(i, name)
+            if isinstance(arr, str):
+                f = self.path / self.manifest["shards"][i]["files"][name]
+                raise KDMError(f"shard file {f} {arr}; the store is damaged, regenerate it")
             arrays[name] = arr
         self._maps[i] = arrays
         return arrays
+
+    def _open_file(self, i: int, name: str) -> np.ndarray | str:
+        """Memory map of array ``name`` of shard ``i`` after checking its header against the
+        manifest (no data is read), or what is wrong with the file."""
+        entry = self.manifest["shards"][i]
+        try:
+            arr = np.load(self.path / entry["files"][name], mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            return "is missing"
+        except (ValueError, OSError, EOFError) as e:
+            return f"is unreadable or truncated ({first_line(e)})"
+        want_shape = (entry["count"], *self._example_shape(name))
+        want_dtype = np.dtype(self.manifest["dtypes"][name])
+        if not isinstance(arr, np.ndarray) or arr.shape != want_shape or arr.dtype != want_dtype:
+            got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else "an archive"
+            return f"holds {got} but the manifest says {want_dtype} {want_shape}"
+        return arr
 
     def load(self, indices: Any = None) -> dict[str, np.ndarray]:
         """All examples (or those at global ``indices``, in that order) as in-memory arrays:
@@ -181,18 +188,22 @@ class PairStore:
             raise IndexError(f"example indices must lie in [0, {len(self)})")
         shard, row = np.divmod(idx, self.manifest["shard_size"])
         order = np.lexsort((row, shard))
+        groups = [pos for pos in np.split(order, np.flatnonzero(np.diff(shard[order])) + 1)
+                  if pos.size]
+        maps = [self.shard_arrays(int(shard[pos[0]])) for pos in groups]  # headers checked
         out = {n: np.empty((idx.size, *self._example_shape(n)), self.manifest["dtypes"][n])
                for n in self._names}
-        for pos in np.split(order, np.flatnonzero(np.diff(shard[order])) + 1):
-            if pos.size:
-                arrays = self.shard_arrays(int(shard[pos[0]]))
-                for name, dst in out.items():
-                    dst[pos] = arrays[name][row[pos]]
+        for pos, arrays in zip(groups, maps, strict=True):
+            for name, dst in out.items():
+                dst[pos] = arrays[name][row[pos]]
         return self._with_noise(out)
 
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
         """The shuffled example order of ``epoch`` (N,): ``default_rng((seed, epoch))``'s
-        permutation."""
+        permutation. Every shard is opened first, so that N is the files' count, not only the
+        manifest's."""
+        for i in range(self.num_shards):
+            self.shard_arrays(i)
         return np.random.default_rng((seed, epoch)).permutation(len(self))
 
     def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, rank: int = 0,
@@ -216,24 +227,49 @@ class PairStore:
         return (self._gather(mine[s:s + batch_size])
                 for s in range(start * batch_size, len(mine), batch_size))
 
-    def verify(self) -> list[str]:
-        """Recompute every shard file's sha256; one line per problem (empty list: all intact)."""
+    def verify(self, deep: bool = False) -> list[str]:
+        """Recompute every shard file's sha256; one line per problem (empty list: all intact).
+        ``deep`` also checks, for files whose checksum matches, their ``.npy`` header (shape and
+        dtype against the manifest) and that noise and clean hold no NaN/inf (reads the store
+        once more)."""
         problems = []
-        for entry in self.manifest["shards"]:
+        for i, entry in enumerate(self.manifest["shards"]):
             for name, fname in entry["files"].items():
                 f = self.path / fname
                 if not f.is_file():
                     problems.append(f"{fname}: missing")
                     continue
-                got, want = sha256_file(f), entry["sha256"][name]
+                try:
+                    got, want = sha256_file(f), entry["sha256"][name]
+                except OSError as e:
+                    problems.append(f"{fname}: unreadable ({e.strerror or e})")
+                    continue
                 if got != want:
                     problems.append(f"{fname}: sha256 {got[:12]}... differs from the manifest's "
                                     f"{want[:12]}... (file changed or corrupt)")
+                elif deep:
+                    problems += self._deep_problems(i, name)
         return problems
 
-    def check_intact(self) -> None:
-        """Raise a KDMError listing every missing or changed shard file (see :meth:`verify`)."""
-        problems = self.verify()
+    def _deep_problems(self, i: int, name: str) -> list[str]:
+        """What is wrong with the header or values of array ``name`` of shard ``i``."""
+        fname = self.manifest["shards"][i]["files"][name]
+        arr = self._open_file(i, name)
+        if isinstance(arr, str):
+            return [f"{fname} {arr}"]
+        if name not in PAIR_ORDER:
+            return []
+        count, rows = _nonfinite(arr)
+        if not count:
+            return []
+        rows += i * self.manifest["shard_size"]
+        return [f"{fname} has {count} non-finite values (NaN/inf), at example indices "
+                f"{rows.tolist()}"]
+
+    def check_intact(self, deep: bool = False) -> None:
+        """Raise a KDMError listing every missing or changed shard file (see :meth:`verify`;
+        ``deep``: also bad headers and NaN/inf)."""
+        problems = self.verify(deep)
         if problems:
             raise KDMError(f"pair store {self.path} is damaged, {len(problems)} problem(s): "
                            f"{'; '.join(problems)}; regenerate it or restore the files")
@@ -295,11 +331,11 @@ def _save_npy(path: Path, arr: np.ndarray) -> str:
     return digest
 
 
-def _as_shard(out: Any, count: int, shape: tuple[int, ...], where: str,
+def _as_shard(out: Any, count: int, shape: tuple[int, ...], where: str, store: Path,
               clean_dtype: str = "float32") -> dict[str, np.ndarray]:
     """Check one shard's arrays and convert them: noise -> float32, clean -> ``clean_dtype``
     ``(count, *shape)``, label/noise_seed -> int64 ``(count,)``. Rejects NaN/inf, naming how
-    many and where."""
+    many, ``where`` (the shard) and the ``store``."""
     if (not isinstance(out, Mapping) or set(PAIR_ORDER) - set(out)
             or set(out) - set(ARRAY_NAMES)):
         keys = sorted(out) if isinstance(out, Mapping) else type(out).__name__
@@ -325,7 +361,8 @@ def _as_shard(out: Any, count: int, shape: tuple[int, ...], where: str,
     if sum(bad.values()):
         raise KDMError(f"{where} has {sum(bad.values())} non-finite values (NaN/inf) "
                        f"(noise: {bad['noise']}, clean: {bad['clean']}); nothing was written "
-                       "for it; check the teacher and sampler settings or the input data")
+                       f"for it into pair store {store}; check the teacher and sampler "
+                       "settings or the input data")
     return arrays
 
 
@@ -379,26 +416,33 @@ class _StoreWriter:
 
 
 def _open_for_writing(out: Path, fresh: dict[str, Any], keys: tuple[str, ...],
-                      resume: bool) -> _StoreWriter | PairStore:
+                      resume: bool, extra_bytes: int = 0) -> _StoreWriter | PairStore:
     """Prepare ``out`` for the store described by ``fresh``.
 
-    Returns the existing store if it is complete with the same settings (``keys``); otherwise a
-    writer that keeps the shards already listed (``resume``) or starts over. Refuses a store
-    with other settings and a directory that holds anything but pair-store files.
+    Returns the existing store if it is complete with the same settings (``keys``, and the
+    arrays ``fresh["dtypes"]`` names); otherwise a writer that keeps the shards already listed
+    (``resume``) or starts over. Refuses a store with other settings, a directory that holds
+    anything but pair-store files, and a store that does not fit on the disk (counting
+    ``extra_bytes`` per example besides ``fresh["dtypes"]``) before writing anything.
     """
     manifest_path = out / MANIFEST_NAME
     if manifest_path.is_file():
         old = read_json(manifest_path, "pair store manifest")
         check_header(old, manifest_path)
         diffs = settings_diff(old, fresh, keys)
+        check_manifest(old, manifest_path, partial=True)
+        kinds = [{k: v for k, v in d.items() if k != "label"}
+                 for d in (old["dtypes"], fresh["dtypes"])]
+        if old["shards"] and kinds[0] != kinds[1]:
+            diffs.append(f"arrays {kinds[0]} vs {kinds[1]}")
         if diffs:
             raise KDMError(f"{out} already holds a pair store with other settings "
                            f"({'; '.join(diffs)}); use another --out or delete it")
-        if old.get("complete"):
+        if old["complete"]:
             return PairStore(out)
         if resume:
-            fresh["shards"] = [s for s in old.get("shards", []) if isinstance(s, dict)
-                               and all((out / f).is_file() for f in s["files"].values())]
+            fresh["shards"] = [s for s in old["shards"]
+                               if all((out / f).is_file() for f in s["files"].values())]
             if fresh["shards"]:
                 fresh["dtypes"] = old["dtypes"]
     elif out.exists():
@@ -409,12 +453,76 @@ def _open_for_writing(out: Path, fresh: dict[str, Any], keys: tuple[str, ...],
         if foreign:
             raise KDMError(f"{out} exists and is not a pair store (it holds {foreign[0]!r}); "
                            "use another --out or delete it")
-    out.mkdir(parents=True, exist_ok=True)
+    left = fresh["count"] - sum(s["count"] for s in fresh["shards"])
+    extra = 0 if "label" in fresh["dtypes"] else extra_bytes  # resumed: labels are listed
+    _check_disk(out, left, store_bytes(left, fresh["shard_size"], fresh["shape"],
+                                       fresh["dtypes"], extra))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a read-only parent, a file on the way
+        raise write_failed(out, e, "nothing was written") from None
     for p in out.iterdir():  # temp files of an interrupted write
         if _TEMP_RE.fullmatch(p.name):
             p.unlink()
     write_json(manifest_path, fresh)
     return _StoreWriter(out, fresh)
+
+
+_HEADER_BYTES = 128  # np.save's header of one shard file
+_ENTRY_BYTES = 1024  # a shard's entry in manifest.json, twice while the manifest is replaced
+_DISK_MARGIN = 16 << 20  # bytes kept free besides 5% of the estimate
+
+
+def store_bytes(n: int, shard_size: int, shape: Any, dtypes: Mapping[str, str],
+                extra: int = 0) -> int:
+    """Estimated bytes of ``n`` examples of ``shape`` in shards of ``shard_size`` holding the
+    arrays ``dtypes`` (``extra`` more bytes per example): data, file headers, manifest."""
+    values = math.prod(shape)
+    per = extra + sum(np.dtype(dt).itemsize * (values if name in PAIR_ORDER else 1)
+                      for name, dt in dtypes.items())
+    return n * per + num_shards(n, shard_size) * (len(dtypes) * _HEADER_BYTES + _ENTRY_BYTES)
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: 320 bytes, 1.5 GB, 22.4 TB (integer TB beyond 1000 TB)."""
+    units = ("bytes", "kB", "MB", "GB", "TB")
+    k = 0
+    while k < len(units) - 1 and n >= 1000 ** (k + 1):
+        k += 1
+    return f"{n // 1000**4} TB" if n >= 1000**5 else f"{n / 1000**k:.3g} {units[k]}"
+
+
+def _check_disk(out: Path, n: int, need: int) -> None:
+    """Refuse ``n`` examples (``need`` bytes) unless the disk of ``out`` (or its nearest
+    existing parent) has them free, with a margin."""
+    where = out.absolute()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need + need // 20 + _DISK_MARGIN > free:
+        raise KDMError(f"{n} pairs need about {_size(need)} ({need} bytes) but {where} has "
+                       f"{_size(free)} ({free} bytes) free; make fewer pairs (--n) or put "
+                       "--out on a larger disk (nothing was written)")
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _check_memory(shard_size: int, shape: tuple[int, ...]) -> None:
+    """Refuse shards whose arrays (noise, clean and their converted copies: about 16 bytes
+    per value) do not fit in the available memory."""
+    need, have = 16 * shard_size * math.prod(shape), _available_memory()
+    if have is not None and need > have:
+        raise KDMError(f"one shard of {shard_size} pairs of shape {shape} needs about "
+                       f"{_size(need)} ({need} bytes) of memory but {_size(have)} ({have} "
+                       "bytes) are available; lower pairs.shard_size (nothing was written)")
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -424,7 +532,8 @@ def _positive_int(value: Any, what: str) -> int:
 
 
 def _check_sigma(sigma_max: Any) -> float:
-    if not (isinstance(sigma_max, (int, float)) and math.isfinite(sigma_max) and sigma_max > 0):
+    if not (isinstance(sigma_max, (int, float)) and not isinstance(sigma_max, bool)
+            and 0 < sigma_max < 1e300):  # NaN and inf fail the comparisons
         raise KDMError(f"sigma_max must be a positive number, got {sigma_max!r}")
     return float(sigma_max)
 
@@ -433,7 +542,8 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
                 seed: int, *, sigma_max: float, shape: tuple[int, ...] | list[int],
                 teacher: dict, sampler: dict, nfe: int, config: dict | None = None,
                 source: Any = None, progress: bool = True, clean_dtype: str = "float32",
-                store_noise: bool = True) -> PairStore:
+                store_noise: bool = True, labels: bool = False,
+                reports_progress: bool = False) -> PairStore:
     """Generate ``n`` teacher pairs into the store ``out_dir`` (resumable, deterministic).
 
     Shard ``i`` (``count_i = min(shard_size, n - i * shard_size)`` examples) is
@@ -444,7 +554,13 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
     and move it to the device afterwards, so that shards do not depend on the device.
     ``clean_dtype`` float16 halves the clean arrays; ``store_noise=False`` keeps per-pair
     seeds instead of the noise: ``generate`` must then also return ``"noise_seed"`` and draw
-    the noise with :func:`draw_seeded_noise`.
+    the noise with :func:`draw_seeded_noise`. ``labels``: whether ``generate`` returns labels
+    (counted in the disk estimate). With ``reports_progress`` it is called as
+    ``generate(g, count, advance)`` and calls ``advance(k)`` after each ``k`` pairs it
+    finished, so that the progress bar (in pairs) moves within a shard.
+
+    Before anything is written the store's size is estimated and refused if it does not fit
+    on the disk of ``out_dir`` (or one shard in memory).
 
     Rerunning with the same arguments after an interruption generates only the shards the
     manifest does not list and yields a store bitwise identical to an uninterrupted run; a
@@ -461,33 +577,48 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
     if not shape:
         raise KDMError("shape must have at least one dimension, e.g. (2,) or (3, 32, 32)")
     out = Path(out_dir)
+    dtypes = ({"noise": "float32"} if store_noise else {"noise_seed": "int64"}) | {
+        "clean": clean_dtype}
     fresh = new_manifest(count=n, shard_size=shard_size, shape=shape,
                          sigma_max=_check_sigma(sigma_max), seed=int(seed), teacher=teacher,
                          sampler=sampler, nfe=nfe, config=config,
-                         source={"kind": "generated"} if source is None else source)
-    writer = on_main(lambda: _open_for_writing(out, fresh, IDENTITY_KEYS, resume=True))
+                         source={"kind": "generated"} if source is None else source,
+                         dtypes=dtypes)
+
+    def open_store() -> _StoreWriter | PairStore:
+        _check_memory(min(n, shard_size), shape)
+        return _open_for_writing(out, fresh, IDENTITY_KEYS, resume=True,
+                                 extra_bytes=8 if labels else 0)
+
+    writer = on_main(open_store)
     if isinstance(writer, PairStore):
         return writer
+    bar = tqdm(total=n, initial=sum(s["count"] for s in writer.manifest["shards"]),
+               desc="pairs", unit="pair", disable=not (progress and is_main()))
 
     def shard(i: int) -> dict[str, np.ndarray]:
-        count = shard_len(n, shard_size, i)
-        result = generate(torch.Generator().manual_seed(shard_seed(int(seed), i)), count)
+        count, moved = shard_len(n, shard_size, i), [0]
+
+        def advance(k: int) -> None:
+            moved[0] += k
+            bar.update(k)
+
+        g = torch.Generator().manual_seed(shard_seed(int(seed), i))
+        result = generate(g, count, advance) if reports_progress else generate(g, count)
+        bar.update(count - moved[0])
         where = f"teacher output for shard {i}"
-        arrays = _as_shard(result, count, shape, where, clean_dtype)
+        arrays = _as_shard(result, count, shape, where, out, clean_dtype)
         return _keep_noise_or_seeds(arrays, store_noise, sigma_max, where)
 
-    total = num_shards(n, shard_size)
-    todo = [i for i in range(total) if i not in writer.done]
-    bar = tqdm(total=total, initial=total - len(todo), desc=f"pairs {out.name}", unit="shard",
-               disable=not (progress and is_main()))
-    for start in range(0, len(todo), world_size()):  # each round: one shard per process
-        mine = todo[start + rank()] if start + rank() < len(todo) else None
+    todo = (i for i in range(num_shards(n, shard_size)) if i not in writer.done)
+    while this_round := list(itertools.islice(todo, world_size())):  # a shard per process
+        mine = this_round[rank()] if rank() < len(this_round) else None
         try:
             done = None if mine is None else (mine, shard(mine))
         except KDMError as e:
             done = e
         _write_round(writer, gather_to_main(done))
-        bar.update(min(world_size(), len(todo) - start))
+        bar.update(sum(shard_len(n, shard_size, i) for i in this_round if i != mine))
     bar.close()
     return on_main(writer.finish)
 
@@ -530,14 +661,17 @@ def write_arrays(out_dir: str | os.PathLike, noise: np.ndarray, clean: np.ndarra
     fresh = new_manifest(count=n, shard_size=shard_size, shape=shape,
                          sigma_max=_check_sigma(sigma_max), seed=seed, teacher=teacher,
                          sampler=sampler, nfe=nfe, source=source, config=config)
-    writer = _open_for_writing(out, fresh, IDENTITY_KEYS + ("source",), resume=False)
+    _check_memory(min(n, shard_size), shape)
+    writer = _open_for_writing(out, fresh, IDENTITY_KEYS + ("source",), resume=False,
+                               extra_bytes=0 if label is None else 8)
     if isinstance(writer, PairStore):
         return writer
-    for i in tqdm(range(num_shards(n, shard_size)), desc=f"pairs {out.name}", unit="shard",
-                  disable=not progress):
-        part = slice(i * shard_size, i * shard_size + shard_len(n, shard_size, i))
-        arrays = {"noise": noise[part], "clean": clean[part]}
-        if label is not None:
-            arrays["label"] = np.asarray(label[part])
-        writer.write(i, _as_shard(arrays, part.stop - part.start, shape, f"shard {i}"))
+    with tqdm(total=n, desc="pairs", unit="pair", disable=not progress) as bar:
+        for i in range(num_shards(n, shard_size)):
+            part = slice(i * shard_size, i * shard_size + shard_len(n, shard_size, i))
+            arrays = {"noise": noise[part], "clean": clean[part]}
+            if label is not None:
+                arrays["label"] = np.asarray(label[part])
+            writer.write(i, _as_shard(arrays, part.stop - part.start, shape, f"shard {i}", out))
+            bar.update(part.stop - part.start)
     return writer.finish()
