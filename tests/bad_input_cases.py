@@ -540,7 +540,7 @@ CASES: list[Case] = [
         "settings (arrays {'noise': 'float32', 'clean': 'float32'} vs"),
     Case("--n beyond the free disk", lambda w: [
         "pairs", "--teacher", w.teacher, "--out", w.p("o"), "--n", "1e12"],
-        "1000000000000 pairs need about 22.4 TB (22400000000000 bytes) but"),
+        "1000000000000 pairs needs 22.4 TB (22400000000000 bytes) on disk"),
     Case("import from a named pipe", lambda w: [
         "pairs", "import", os.mkfifo(w.p("fifo")) or w.p("fifo"), "--out", w.p("o")],
         "is neither a file nor a directory"),

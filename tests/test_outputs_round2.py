@@ -18,10 +18,9 @@ import torch
 from conftest import kdm
 from safetensors.torch import load_file, save_file
 
-from koopman_distill import cli
+from koopman_distill import cli, resources
 from koopman_distill.api import OneStepGenerator, load_run
 from koopman_distill.config import preset
-from koopman_distill.data import arrays
 from koopman_distill.data.arrays import load_array
 from koopman_distill.data.images import load_images
 from koopman_distill.errors import KDMError
@@ -103,7 +102,7 @@ def test_noise_and_samples_in_chunks_are_one_draw(shape, classes, ns):
 def test_sample_beyond_memory_is_streamed_with_the_values_of_one_draw(tiny, tmp_path,
                                                                        monkeypatch):
     n = 65536 * 3 + 5  # the 5-row tail is drawn with the chunk before it
-    monkeypatch.setattr(arrays, "available_memory", lambda: 3 << 20)  # room for one block
+    monkeypatch.setattr(resources, "available_memory", lambda: 3 << 20)  # room for one block
     calls = Calls(monkeypatch)
     assert kdm("sample", tiny["kdm"], "--n", n, "--seed", 3, "--out", tmp_path / "s.npy") == 0
     assert calls.rows == [65536, 65536, 65541]
@@ -113,7 +112,7 @@ def test_sample_beyond_memory_is_streamed_with_the_values_of_one_draw(tiny, tmp_
 
 
 def test_interrupted_or_failed_stream_leaves_nothing(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(arrays, "available_memory", lambda: 3 << 20)
+    monkeypatch.setattr(resources, "available_memory", lambda: 3 << 20)
     out = tmp_path / "new" / "dirs" / "s.npy"
     Calls(monkeypatch, fail_at=2)
     code, err = run("sample", tiny["kdm"], "--n", 65536 * 3, "--out", out)
@@ -139,7 +138,7 @@ def test_sample_beyond_disk_fails_within_2_seconds_saying_the_bytes(tiny, tmp_pa
     one_line(code, err, "8000000000000128 bytes")
     assert calls.rows == [] and files(tmp_path) == []
     # and memory: one chunk must fit
-    monkeypatch.setattr(arrays, "available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(resources, "available_memory", lambda: 1 << 20)
     one_line(*run("sample", tiny["kdm"], "--n", 10**6, "--out", tmp_path / "s.npy"),
              "of memory", "1.0 MB (1048576 bytes) available")
     assert calls.rows == [] and files(tmp_path) == []
@@ -175,7 +174,7 @@ def test_nan_samples_are_an_error_naming_how_many(tiny, tmp_path, monkeypatch):
              "3 of 3 samples are NaN/inf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan-run", "noise.npy"]
     # streamed: a chunk of nothing but NaN ends the job, rather than drawing the rest
-    monkeypatch.setattr(arrays, "available_memory", lambda: 3 << 20)
+    monkeypatch.setattr(resources, "available_memory", lambda: 3 << 20)
     calls = Calls(monkeypatch)
     one_line(*run("sample", bad, "--n", 65536 * 3, "--out", tmp_path / "s.npy"),
              "65536 of the first 65536 (sampling stopped there) samples are NaN/inf")
@@ -254,7 +253,7 @@ def test_array_files_that_are_not_plain_arrays_fail_in_one_line(tmp_path, monkey
     with pytest.raises(KDMError, match="cannot read") as e:
         load_array(tmp_path / "cut.npz", (2,), "noise")
     np.save(tmp_path / "x.npy", np.zeros((1000, 2), np.float32))
-    monkeypatch.setattr(arrays, "available_memory", lambda: 1000)
+    monkeypatch.setattr(resources, "available_memory", lambda: 1000)
     with pytest.raises(KDMError, match="of memory") as e:
         load_array(tmp_path / "x.npy", (2,), "noise")
     assert "needs 10.0 kB (10000 bytes) of memory, 1.0 kB (1000 bytes) available" in str(e.value)

@@ -20,7 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_pairs import make, teacher
 
-from koopman_distill import api  # noqa: F401 (imported before timing the CLI)
+from koopman_distill import (
+    api,  # noqa: F401 (imported before timing the CLI)
+    resources,
+)
 from koopman_distill.cli import main
 from koopman_distill.errors import KDMError
 from koopman_distill.io import sha256_file
@@ -126,8 +129,8 @@ def test_pairs_beyond_the_disk_fail_fast(tiny, tmp_path):
     start = time.perf_counter()
     line = error_line(*cli("pairs", "--teacher", tiny["teacher"], "--out", out, "--n", "1e12"))
     assert time.perf_counter() - start < 2
-    assert "1000000000000 pairs need about 22.4 TB (22400000000000 bytes)" in line
-    assert f"but {tmp_path} has " in line and "bytes) free" in line
+    assert "1000000000000 pairs needs 22.4 TB (22400000000000 bytes) on disk, " in line
+    assert f"bytes) free in {tmp_path}; make fewer pairs (--n)" in line
     assert not (tmp_path / "deep").exists()
 
 
@@ -136,17 +139,17 @@ def test_disk_estimate_against_free_space(tmp_path, monkeypatch):
     need = store_module.store_bytes(25, 10, (2,), {"noise": "float32", "clean": "float32"}, 8)
     assert need == 25 * 24 + 3 * (2 * 128 + 1024)
     free = need + need // 20 + (16 << 20) - 1
-    monkeypatch.setattr(store_module.shutil, "disk_usage", lambda p: SimpleNamespace(free=free))
-    with pytest.raises(KDMError, match=f"25 pairs need about .* but {tmp_path} has"):
+    monkeypatch.setattr(resources.shutil, "disk_usage", lambda p: SimpleNamespace(free=free))
+    with pytest.raises(KDMError, match=f"25 pairs needs .* on disk, .* free in {tmp_path};"):
         make(tmp_path / "a", labels=True)
     assert not (tmp_path / "a").exists()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((25, 2))
-    with pytest.raises(KDMError, match="25 pairs need about"):
+    with pytest.raises(KDMError, match="25 pairs needs"):
         write_arrays(tmp_path / "b", x, x, np.zeros(25, int), shard_size=10, sigma_max=1.0,
                      teacher={}, sampler={}, nfe=None, source={})
     assert not (tmp_path / "b").exists()
-    monkeypatch.setattr(store_module.shutil, "disk_usage",
+    monkeypatch.setattr(resources.shutil, "disk_usage",
                         lambda p: SimpleNamespace(free=free + 1))
     assert len(make(tmp_path / "a", labels=True)) == 25
 
@@ -162,9 +165,9 @@ def test_shard_size_beyond_int64_refused(tiny, tmp_path):
 
 
 def test_shard_beyond_memory_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "_available_memory", lambda: 100)
-    with pytest.raises(KDMError, match=r"one shard of 10 pairs of shape \(2,\) needs about "
-                                       r"320 bytes .* but 100 bytes \(100 bytes\) are"):
+    monkeypatch.setattr(resources, "available_memory", lambda: 100)
+    with pytest.raises(KDMError, match=r"one shard of 10 pairs of shape \(2,\) needs 320 bytes "
+                                       r"of memory, 100 bytes available; lower pairs.shard_size"):
         make(tmp_path / "s", n=25, shard_size=10)
     assert not (tmp_path / "s").exists()
 
@@ -297,8 +300,8 @@ def test_nan_reports_name_store_and_shard(tmp_path):
 
 # -- options never silently ignored -----------------------------------------------------------
 @pytest.mark.parametrize("argv,expect", [
-    (["--set", "train.steps=5"], "--set train.steps has no effect on `kdm pairs` with a 2-D "
-                                 "teacher"),
+    (["--set", "train.steps=5"], "--set train.steps has no effect on `kdm pairs`, which reads "
+                                 "only pairs, teacher.steps, teacher.sampler"),
     (["--set", "model.width=8"], "--set model.width has no effect"),
     (["--set", "train.device=cpu"], "--set train.device has no effect"),  # 2-D: always CPU
     (["--set", "teacher.sigma_max=2"], "--set teacher.sigma_max has no effect"),

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import image_api
-from .config import Config, apply_overrides, load_config
+from .config import Config, apply_overrides
 from .data.arrays import load_points
 from .data.checkerboard import inside_fraction, sample_checkerboard
 from .errors import KDMError, warn
@@ -30,6 +30,7 @@ from .models import KDM
 from .models.baselines import build_baseline, sampling_path_params, student_label, student_nfe
 from .models.kdm_image import ImageKDM
 from .pairs import PairStore, write_pairs
+from .runs import RUN_FORMAT, read_run
 from .teachers import FlowMatchingTeacher, nfe, ode_sample
 from .training import TensorBatches, Trainer
 from .training.checkpoint import latest_checkpoint, load_into, load_weights, step_of
@@ -38,7 +39,6 @@ from .training.distributed import init as init_distributed
 from .training.distributed import on_main, rank, world_size
 from .training.trainer import read_log, seed_everything
 
-RUN_FORMAT = 1
 _START_TEMP = re.compile(r"\.(config|run)\.json\..+\.tmp")
 
 
@@ -100,67 +100,6 @@ def _start_debris(path: Path, cfg: Config) -> bool:
         return path.name == "config.json" and read_json(path) == cfg.to_dict()
     except KDMError:
         return False
-
-
-def read_run(run: str | Path) -> tuple[Config, dict[str, Any]]:
-    """The config and metadata of a run directory (every field checked)."""
-    run = Path(run)
-    if not run.is_dir():
-        raise KDMError(f"run directory not found: {run}")
-    meta = read_json(run / "run.json", "run metadata")
-    check_run_meta(meta, run)
-    return load_config(str(run / "config.json")), meta
-
-
-_MAX_EXAMPLE = 1 << 28  # values per example: far above any real model, far below memory limits
-
-
-def check_run_meta(meta: Any, run: Path) -> None:
-    """Raise a one-line KDMError unless ``meta`` is a ``run.json`` this package can use."""
-    where = run / "run.json"
-
-    def bad(what: str) -> KDMError:
-        return KDMError(f"{where} {what}; the run's metadata is damaged (restore run.json or "
-                        "rerun)")
-
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    def count(v: Any, least: int = 0) -> bool:
-        return type(v) is int and v >= least
-
-    if not isinstance(meta, dict):
-        raise bad(f"holds a JSON {type(meta).__name__}, not an object")
-    fmt = meta.get("format")
-    if not count(fmt, 1):
-        raise bad(f"has format {fmt!r}, expected a positive integer")
-    if fmt > RUN_FORMAT:
-        raise KDMError(f"{run} was written by a newer koopman-distill (run format "
-                       f"{fmt} > {RUN_FORMAT}); upgrade the package")
-    kind = meta.get("kind")
-    if kind not in ("teacher", "kdm"):
-        raise KDMError(f"{run} has unknown run kind {kind!r}")
-    if not (number(meta.get("sigma_max")) and meta["sigma_max"] > 0):
-        raise bad(f"has sigma_max {meta.get('sigma_max')!r}, expected a positive number")
-    if "shape" in meta:
-        shape = meta["shape"]
-        if not (isinstance(shape, list) and len(shape) == 3 and all(count(v, 1) for v in shape)
-                and math.prod(shape) <= _MAX_EXAMPLE):
-            raise bad(f"has image shape {shape!r}, expected [channels, height, width]")
-        if not count(meta.get("num_classes")):
-            raise bad(f"has num_classes {meta.get('num_classes')!r}")
-    elif not (count(meta.get("dim"), 1) and meta["dim"] <= _MAX_EXAMPLE):
-        raise bad(f"has dim {meta.get('dim')!r}, expected a positive integer")
-    fields = ({"n_data": lambda v: count(v)} if kind == "teacher" else
-              {"pairs": lambda v: isinstance(v, str) and v != "",
-               "n_pairs": lambda v: count(v, 1),
-               "teacher": lambda v: v is None or isinstance(v, dict),
-               "nfe_teacher": lambda v: v is None or count(v)})
-    for key, ok in fields.items():
-        if key not in meta:
-            raise bad(f"lacks {key}")
-        if not ok(meta[key]):
-            raise bad(f"has {key} {meta[key]!r}")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -20,12 +20,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__
-from .config import BENCH_SUITES, Config, apply_overrides, check_overrides_act, preset
-from .data import arrays
-from .data.arrays import check_disk, check_memory, load_array
+from . import __version__, resources
+from .config import (
+    BENCH_SUITES,
+    Config,
+    apply_overrides,
+    check_overrides_act,
+    override_keys,
+    preset,
+)
+from .data.arrays import load_array
 from .errors import KDMError, Stopped, first_line
-from .io import atomic_write, read_json, write_json
+from .io import atomic_write, write_json
+from .runs import read_run
 
 EPILOG = ("Any config value can be set with --set section.field=value (repeatable), e.g. "
           "--set train.steps=5000 --set model.koopman=eigen; `kdm config` prints them all.")
@@ -224,30 +231,44 @@ def _pair_count(text: str) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
-    from . import api
-
-    cfg, meta = api.read_run(args.teacher)
+    cfg, meta = read_run(args.teacher)
+    if meta["kind"] != "teacher":
+        raise KDMError(f"{args.teacher} is a {meta['kind']!r} run, not a teacher")
     cfg = _config(args, cfg)
     # what make_pairs reads of the config; other settings would be silently ignored
-    used = ["pairs.n", "pairs.shard_size", "pairs.batch_size", "pairs.seed", "pairs.clean_dtype",
-            "pairs.store_noise", "pairs.noise_scale", "teacher.steps",
-            "train.device" if "shape" in meta else "teacher.sampler"]
-    keys = [item.partition("=")[0].strip() for item in args.set or []]
-    for key in keys:
-        if key not in used:
-            kind = "an image" if "shape" in meta else "a 2-D"
-            raise KDMError(f"--set {key} has no effect on `kdm pairs` with {kind} teacher, "
-                           f"which reads only {', '.join(used)}; drop it (the teacher's other "
-                           "settings are its run's, the student's belong to `kdm train`)")
+    image = "shape" in meta
+    check_overrides_act(cfg, args.set or [], (
+        "pairs", "teacher.steps", "train.device" if image else "teacher.sampler"),
+        "kdm pairs")
+    keys = override_keys(args.set or [])
     for flag, key, value in (("--n", "pairs.n", args.n), ("--seed", "pairs.seed", args.seed)):
         if value is not None and key in keys:
             raise KDMError(f"give {flag} or --set {key}, not both")
         if value is not None:
             setattr(cfg.pairs, key.split(".")[1], value)
+    if not Path(args.out).exists():  # a new store must fit; checked before torch is imported
+        _check_store_fits(args.out, cfg, meta)
+    from . import api
+
     store = api.make_pairs(args.teacher, args.out, cfg)
     m = store.manifest
     print(f"pair store: {args.out} ({m['count']} pairs, {len(m['shards'])} shards, "
           f"sampler {m['sampler']['method']} x{m['sampler']['steps']}, NFE {m['nfe']})")
+
+
+def _check_store_fits(out: str, cfg: Config, meta: dict) -> None:
+    """Refuse a new pair store of ``cfg.pairs`` for the teacher run ``meta`` that does not fit
+    on the disk of ``out``."""
+    from .pairs.manifest import store_bytes
+
+    shape = meta.get("shape", [meta.get("dim")])
+    dtypes = {"noise" if cfg.pairs.store_noise else "noise_seed":
+              "float32" if cfg.pairs.store_noise else "int64", "clean": cfg.pairs.clean_dtype}
+    if meta.get("num_classes"):
+        dtypes["label"] = "int64"
+    need = store_bytes(cfg.pairs.n, cfg.pairs.shard_size, shape, dtypes)
+    resources.check_disk(out, need, f"{cfg.pairs.n} pairs", "make fewer pairs (--n) or put "
+                         "--out on a larger disk (nothing was written)")
 
 
 def cmd_pairs_import(args: argparse.Namespace) -> None:
@@ -295,34 +316,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run: {api.run_summary(api.train_kdm(cfg, args.pairs, args.out))}")
 
 
-def _run_shape(run: str) -> tuple[tuple[int, ...], int] | None:
-    """A run's example shape and class count from its run.json, without loading torch (None
-    where it is unreadable: loading the run then says why)."""
-    try:
-        meta = read_json(Path(run) / "run.json")
-    except KDMError:
-        return None
-    if not isinstance(meta, dict):
-        return None
-    shape, k = meta.get("shape", [meta.get("dim")]), meta.get("num_classes", 0)
-    if not (isinstance(shape, list) and shape and isinstance(k, int)
-            and all(type(d) is int and d > 0 for d in shape)):
-        return None
-    return tuple(shape), k
-
-
 def _sample_chunk(out: Path, n: int, shape: tuple[int, ...], classes: int, block: int) -> int:
     """Rows per chunk for ``n`` samples of ``shape`` streamed to ``out``, after checking that
     the file fits on disk and a chunk (with the labels) in memory: a multiple of ``block``
     near 64 MB of samples, or less when memory is short."""
     row = 4 * math.prod(shape)
     what = f"--n {n} (samples of shape {shape})"
-    check_disk(out, len(_npy_header((n, *shape))) + n * row, what,
-               "pick a smaller --n or an --out on a larger disk")
+    resources.check_disk(out, len(_npy_header((n, *shape))) + n * row, what,
+                         "pick a smaller --n or an --out on a larger disk")
     labels = 8 * n if classes else 0
-    room = min(64 << 20, max(arrays.available_memory() - labels, 0) // 8)
+    room = min(64 << 20, max(resources.available_memory() - labels, 0) // 8)
     chunk = max(block, room // row // block * block)
-    check_memory(4 * chunk * row + labels, what, "pick a smaller --n")
+    resources.check_memory(4 * chunk * row + labels, what, "pick a smaller --n")
     return chunk
 
 
@@ -342,16 +347,18 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise KDMError("give --labels (a class per sample) or --class (one for all), not both")
     if not args.noise and (args.n is None or args.n < 1):
         raise KDMError("give --n N (>= 1) or --noise NOISE.npy")
-    early = _run_shape(args.run)  # the cheap checks, before torch is imported
-    if early and args.grid and len(early[0]) != 3:
+    _, meta = read_run(args.run)  # the cheap checks, before torch is imported
+    if meta["kind"] != "kdm":
+        raise KDMError(f"{args.run} is a {meta['kind']!r} run, not a KDM run")
+    shape = tuple(meta.get("shape", [meta.get("dim")]))
+    if args.grid and len(shape) != 3:
         raise KDMError("--grid is for image runs; drop it for a 2-D run")
-    if early and args.n is not None:  # the block is OneStepGenerator.block
-        _sample_chunk(out, args.n, *early, 65536 if len(early[0]) == 1 else 256)
+    if args.n is not None:  # the block is OneStepGenerator.block
+        _sample_chunk(out, args.n, shape, meta.get("num_classes", 0),
+                      65536 if len(shape) == 1 else 256)
     from .api import load_run
 
     gen = load_run(args.run, ema=not args.raw, device=args.device)
-    if args.grid and len(gen.shape) != 3:
-        raise KDMError("--grid is for image runs; drop it for a 2-D run")
     noise = load_array(args.noise, shape=gen.shape, what="noise") if args.noise else None
     n = len(noise) if noise is not None else args.n
     labels = load_array(args.labels, what="labels") if args.labels else None
@@ -418,7 +425,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.run) / "eval"
     _eval_out(out, args.force, EVAL_FILES)
     shape = tuple(meta["shape"]) if "shape" in meta else (meta.get("dim", 2),)
-    check_memory(memory_needed(cfg.eval, shape), f"eval.n={cfg.eval.n}",
+    resources.check_memory(memory_needed(cfg.eval, shape), f"eval.n={cfg.eval.n}",
                  "lower it with --set eval.n=N")
     result = evaluate_run(args.run, cfg.eval, out, make_plots=not args.no_plots)
     _print_eval(result)

@@ -525,15 +525,15 @@ _ONLY_WITH: dict[str, list[tuple[str, Any]]] = {
 }
 
 
-def check_overrides_act(cfg: Config, overrides: list[str], sections: tuple[str, ...],
+def check_overrides_act(cfg: Config, overrides: list[str], reads: tuple[str, ...],
                         command: str) -> None:
-    """Refuse an override that ``command`` would ignore: one of a section it does not read, or
-    a model setting that does nothing with the chosen model (an eigen-only option with a dense
-    ``K``, say)."""
+    """Refuse an override that ``command`` would ignore: one outside what it ``reads``
+    (sections, or single ``section.field`` keys), or a model setting that does nothing with
+    the chosen model (an eigen-only option with a dense ``K``, say)."""
     for key in override_keys(overrides):
-        if key.split(".")[0] not in sections:
-            raise KDMError(f"--set {key} has no effect on `{command}`, which reads only the "
-                           f"{', '.join(sections)} settings; drop it")
+        if key.split(".")[0] not in reads and key not in reads:
+            raise KDMError(f"--set {key} has no effect on `{command}`, which reads only "
+                           f"{', '.join(reads)}; drop it")
         for needs, test in _ONLY_WITH.get(key, []):
             if not test(cfg):
                 raise KDMError(f"--set {key} has no effect without {needs}; set that too or "

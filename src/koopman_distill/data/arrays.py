@@ -1,61 +1,14 @@
-"""User-provided arrays: validated loading of ``.npy`` point clouds, noise and label files,
-and the memory and disk checks made before an array is built or written."""
+"""User-provided arrays: validated loading of ``.npy`` point clouds, noise and label files."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import KDMError, first_line
-
-
-def available_memory() -> int:
-    """Bytes that new allocations can use: ``MemAvailable`` of /proc/meminfo where there is
-    one, else the free physical pages."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def free_disk(path: str | Path) -> tuple[int, Path]:
-    """Free bytes on the file system that ``path`` (or, where it does not exist yet, its
-    nearest existing ancestor) is on, and that directory."""
-    where = Path(path).absolute()
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    return shutil.disk_usage(where).free, where
-
-
-def size(n: int) -> str:
-    """A byte count for messages: ``2.4 GB (2400000128 bytes)``."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit} ({n} bytes)"
-    return f"{n} bytes"
-
-
-def check_memory(need: int, what: str, advice: str) -> None:
-    """Refuse work that needs ``need`` bytes of memory when less is available."""
-    have = available_memory()
-    if need > have:
-        raise KDMError(f"{what} needs {size(need)} of memory, {size(have)} available; {advice}")
-
-
-def check_disk(path: str | Path, need: int, what: str, advice: str) -> None:
-    """Refuse to write ``need`` bytes at ``path`` when its file system has less free."""
-    have, where = free_disk(path)
-    if need > have:
-        raise KDMError(f"{what} needs {size(need)} on disk, {size(have)} free in {where}; "
-                       f"{advice}")
+from ..resources import check_memory
 
 
 def load_array(path: str | Path, shape: tuple[int, ...] | None = None,

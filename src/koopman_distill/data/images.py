@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import KDMError, first_line
-from .arrays import check_memory
+from ..resources import check_memory
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SOURCE_FORMS = ("digits", "fashion-mnist", "fashion-mnist:DIR", "mnist:DIR", "PATH.npy",

@@ -2,12 +2,20 @@
 
 Writers are atomic and resumable (:func:`write_pairs`, :func:`write_arrays`), the reader
 memory-maps shards (:class:`PairStore`), and importers read the KDM authors' data
-(:func:`import_trajectory`, :func:`import_npz_folder`, :func:`detect_order`).
+(:func:`import_trajectory`, :func:`import_npz_folder`, :func:`detect_order`). The names load on
+first use, so that :mod:`.manifest` (layout and size estimates) imports without torch.
 """
 
-from .importers import detect_order, import_npz_folder, import_trajectory
-from .manifest import FORMAT_VERSION
-from .store import PairStore, write_arrays, write_pairs
+import importlib
+from typing import Any
 
-__all__ = ["FORMAT_VERSION", "PairStore", "detect_order", "import_npz_folder",
-           "import_trajectory", "write_arrays", "write_pairs"]
+_WHERE = {"FORMAT_VERSION": "manifest", "PairStore": "store", "write_arrays": "store",
+          "write_pairs": "store", "detect_order": "importers", "import_npz_folder": "importers",
+          "import_trajectory": "importers"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,21 @@ def num_shards(count: int, shard_size: int) -> int:
 def shard_len(count: int, shard_size: int, index: int) -> int:
     """Number of examples in shard ``index``."""
     return min(shard_size, count - index * shard_size)
+
+
+_HEADER_BYTES = 128  # np.save's header of one shard file
+_ITEMSIZE = {"float16": 2, "float32": 4, "float64": 8, "int64": 8}
+_ENTRY_BYTES = 1024  # a shard's entry in manifest.json, twice while the manifest is replaced
+
+
+def store_bytes(n: int, shard_size: int, shape: Any, dtypes: Mapping[str, str],
+                extra: int = 0) -> int:
+    """Estimated bytes of ``n`` examples of ``shape`` in shards of ``shard_size`` holding the
+    arrays ``dtypes`` (``extra`` more bytes per example): data, file headers, manifest."""
+    values = math.prod(shape)
+    per = extra + sum(_ITEMSIZE[dt] * (values if name in PAIR_ORDER else 1)
+                      for name, dt in dtypes.items())
+    return n * per + num_shards(n, shard_size) * (len(dtypes) * _HEADER_BYTES + _ENTRY_BYTES)
 
 
 def jsonable(obj: Any) -> Any:

@@ -22,7 +22,6 @@ import itertools
 import math
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from ..errors import KDMError, first_line
 from ..io import atomic_write, read_json, sha256_file, write_failed, write_json
+from ..resources import check_disk, check_memory
 from ..training.distributed import gather_to_main, is_main, on_main, rank, world_size
 from .manifest import (
     ARRAY_NAMES,
@@ -47,6 +47,7 @@ from .manifest import (
     settings_diff,
     shard_file,
     shard_len,
+    store_bytes,
 )
 
 __all__ = ["FORMAT_VERSION", "PairStore", "draw_seeded_noise", "seeded_noise", "shard_seed",
@@ -468,61 +469,17 @@ def _open_for_writing(out: Path, fresh: dict[str, Any], keys: tuple[str, ...],
     return _StoreWriter(out, fresh)
 
 
-_HEADER_BYTES = 128  # np.save's header of one shard file
-_ENTRY_BYTES = 1024  # a shard's entry in manifest.json, twice while the manifest is replaced
-_DISK_MARGIN = 16 << 20  # bytes kept free besides 5% of the estimate
-
-
-def store_bytes(n: int, shard_size: int, shape: Any, dtypes: Mapping[str, str],
-                extra: int = 0) -> int:
-    """Estimated bytes of ``n`` examples of ``shape`` in shards of ``shard_size`` holding the
-    arrays ``dtypes`` (``extra`` more bytes per example): data, file headers, manifest."""
-    values = math.prod(shape)
-    per = extra + sum(np.dtype(dt).itemsize * (values if name in PAIR_ORDER else 1)
-                      for name, dt in dtypes.items())
-    return n * per + num_shards(n, shard_size) * (len(dtypes) * _HEADER_BYTES + _ENTRY_BYTES)
-
-
-def _size(n: int) -> str:
-    """``n`` bytes for people: 320 bytes, 1.5 GB, 22.4 TB (integer TB beyond 1000 TB)."""
-    units = ("bytes", "kB", "MB", "GB", "TB")
-    k = 0
-    while k < len(units) - 1 and n >= 1000 ** (k + 1):
-        k += 1
-    return f"{n // 1000**4} TB" if n >= 1000**5 else f"{n / 1000**k:.3g} {units[k]}"
-
-
 def _check_disk(out: Path, n: int, need: int) -> None:
-    """Refuse ``n`` examples (``need`` bytes) unless the disk of ``out`` (or its nearest
-    existing parent) has them free, with a margin."""
-    where = out.absolute()
-    while not where.exists():
-        where = where.parent
-    free = shutil.disk_usage(where).free
-    if need + need // 20 + _DISK_MARGIN > free:
-        raise KDMError(f"{n} pairs need about {_size(need)} ({need} bytes) but {where} has "
-                       f"{_size(free)} ({free} bytes) free; make fewer pairs (--n) or put "
-                       "--out on a larger disk (nothing was written)")
-
-
-def _available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
+    """Refuse ``n`` examples (``need`` bytes) unless the disk of ``out`` has them free."""
+    check_disk(out, need, f"{n} pairs", "make fewer pairs (--n) or put --out on a larger disk "
+               "(nothing was written)")
 
 
 def _check_memory(shard_size: int, shape: tuple[int, ...]) -> None:
     """Refuse shards whose arrays (noise, clean and their converted copies: about 16 bytes
     per value) do not fit in the available memory."""
-    need, have = 16 * shard_size * math.prod(shape), _available_memory()
-    if have is not None and need > have:
-        raise KDMError(f"one shard of {shard_size} pairs of shape {shape} needs about "
-                       f"{_size(need)} ({need} bytes) of memory but {_size(have)} ({have} "
-                       "bytes) are available; lower pairs.shard_size (nothing was written)")
+    check_memory(16 * shard_size * math.prod(shape), f"one shard of {shard_size} pairs of "
+                 f"shape {shape}", "lower pairs.shard_size (nothing was written)")
 
 
 def _positive_int(value: Any, what: str) -> int:

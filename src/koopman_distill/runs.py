@@ -1,0 +1,76 @@
+"""Run directories' metadata: ``run.json`` (what kind of run, data dimension or image shape,
+noise scale, where its pairs came from) and ``config.json``, read and checked field by field
+without importing torch, so that commands can check their work before loading a model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_config
+from .errors import KDMError
+from .io import read_json
+
+RUN_FORMAT = 1
+
+
+def read_run(run: str | Path) -> tuple[Config, dict[str, Any]]:
+    """The config and metadata of a run directory (every field checked)."""
+    run = Path(run)
+    if not run.is_dir():
+        raise KDMError(f"run directory not found: {run}")
+    meta = read_json(run / "run.json", "run metadata")
+    check_run_meta(meta, run)
+    return load_config(str(run / "config.json")), meta
+
+
+_MAX_EXAMPLE = 1 << 28  # values per example: far above any real model, far below memory limits
+
+
+def check_run_meta(meta: Any, run: Path) -> None:
+    """Raise a one-line KDMError unless ``meta`` is a ``run.json`` this package can use."""
+    where = run / "run.json"
+
+    def bad(what: str) -> KDMError:
+        return KDMError(f"{where} {what}; the run's metadata is damaged (restore run.json or "
+                        "rerun)")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def count(v: Any, least: int = 0) -> bool:
+        return type(v) is int and v >= least
+
+    if not isinstance(meta, dict):
+        raise bad(f"holds a JSON {type(meta).__name__}, not an object")
+    fmt = meta.get("format")
+    if not count(fmt, 1):
+        raise bad(f"has format {fmt!r}, expected a positive integer")
+    if fmt > RUN_FORMAT:
+        raise KDMError(f"{run} was written by a newer koopman-distill (run format "
+                       f"{fmt} > {RUN_FORMAT}); upgrade the package")
+    kind = meta.get("kind")
+    if kind not in ("teacher", "kdm"):
+        raise KDMError(f"{run} has unknown run kind {kind!r}")
+    if not (number(meta.get("sigma_max")) and meta["sigma_max"] > 0):
+        raise bad(f"has sigma_max {meta.get('sigma_max')!r}, expected a positive number")
+    if "shape" in meta:
+        shape = meta["shape"]
+        if not (isinstance(shape, list) and len(shape) == 3 and all(count(v, 1) for v in shape)
+                and math.prod(shape) <= _MAX_EXAMPLE):
+            raise bad(f"has image shape {shape!r}, expected [channels, height, width]")
+        if not count(meta.get("num_classes")):
+            raise bad(f"has num_classes {meta.get('num_classes')!r}")
+    elif not (count(meta.get("dim"), 1) and meta["dim"] <= _MAX_EXAMPLE):
+        raise bad(f"has dim {meta.get('dim')!r}, expected a positive integer")
+    fields = ({"n_data": lambda v: count(v)} if kind == "teacher" else
+              {"pairs": lambda v: isinstance(v, str) and v != "",
+               "n_pairs": lambda v: count(v, 1),
+               "teacher": lambda v: v is None or isinstance(v, dict),
+               "nfe_teacher": lambda v: v is None or count(v)})
+    for key, ok in fields.items():
+        if key not in meta:
+            raise bad(f"lacks {key}")
+        if not ok(meta[key]):
+            raise bad(f"has {key} {meta[key]!r}")
