@@ -533,21 +533,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(s, with_preset=False)
     s.set_defaults(fn=cmd_pairs)
 
-    s = sub.add_parser("pairs-import")
-    s.prog = "kdm pairs import"
-    s.add_argument("src", help="a (T, N, D) trajectory .npy, or a folder of per-example .npz")
-    s.add_argument("--out", required=True, help="new pair store directory")
-    s.add_argument("--order", choices=["auto", "noise-first", "clean-first"], default="auto",
-                   help="which trajectory end is noise (auto: detect from statistics)")
-    s.add_argument("--sigma-max", type=float, help="noise scale (default: measured)")
-    s.add_argument("--shard-size", type=int, default=10_000)
-    s.set_defaults(fn=cmd_pairs_import)
-
-    s = sub.add_parser("pairs-verify")
-    s.prog = "kdm pairs verify"
-    s.add_argument("store")
-    s.set_defaults(fn=cmd_pairs_verify)
-
     s = sub.add_parser("train", help="distill a pair store into a one-step KDM", epilog=EPILOG)
     s.add_argument("--pairs", help="pair store directory")
     s.add_argument("--out", help="new run directory")
@@ -618,6 +603,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_pairs_tool_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of ``kdm pairs import`` or ``kdm pairs verify`` (subcommands of ``pairs``,
+    whose own options are those of generating a store)."""
+    p = _Parser(prog=f"kdm pairs {name}")
+    if name == "verify":
+        p.add_argument("store", help="pair store directory")
+        p.set_defaults(fn=cmd_pairs_verify)
+        return p
+    p.add_argument("src", help="a (T, N, D) trajectory .npy, or a folder of per-example .npz")
+    p.add_argument("--out", required=True, help="new pair store directory")
+    p.add_argument("--order", choices=["auto", "noise-first", "clean-first"], default="auto",
+                   help="which trajectory end is noise (auto: detect from statistics)")
+    p.add_argument("--sigma-max", type=float, help="noise scale (default: measured)")
+    p.add_argument("--shard-size", type=int, default=10_000)
+    p.set_defaults(fn=cmd_pairs_import)
+    return p
+
+
 def _run(args: argparse.Namespace) -> None:
     """Run the command; under torchrun (WORLD_SIZE > 1) inside the process group, with the
     stdout of ranks other than 0 dropped."""
@@ -674,10 +677,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``kdm``; every failure ends in one ``kdm: error:`` line and exit code 2 (a run
     stopped by a signal after its checkpoint: one line and 128 + the signal number)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) >= 2 and argv[0] == "pairs" and argv[1] in ("import", "verify"):
-        argv = [f"pairs-{argv[1]}", *argv[2:]]
     try:
-        args = build_parser().parse_args(argv)
+        tool = argv[1] if argv[:1] == ["pairs"] and argv[1:2] in (["import"], ["verify"]) else ""
+        args = (build_pairs_tool_parser(tool).parse_args(argv[2:]) if tool
+                else build_parser().parse_args(argv))
         _run(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the guard
     except KDMError as e:  # one line, even when the message quotes a multi-line input
