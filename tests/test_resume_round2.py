@@ -276,3 +276,20 @@ def test_permission_problems_are_named(tiny, monkeypatch):
     code, _, err = run_cli("sample", tiny["kdm"], "--n", 3, "--out", "/nonexistent/x.npy")
     assert code == 2 and err.startswith("kdm: error: cannot read run metadata ")
     assert "run.json: Permission denied" in err
+
+
+@pytest.mark.parametrize("command", ["pairs", "sample"])
+def test_jobs_beyond_the_disk_fail_within_2_seconds_in_a_fresh_process(tiny, tmp_path, command):
+    """As a user sees it: a new ``kdm`` process, the bytes needed and free in one line, no
+    file written (the estimate comes before torch is imported)."""
+    argv = (["pairs", "--teacher", tiny["teacher"], "--out", tmp_path / "store", "--n", "1e12"]
+            if command == "pairs" else
+            ["sample", tiny["kdm"], "--n", "1e15", "--out", tmp_path / "s.npy"])
+    start = time.perf_counter()
+    p = proc(*argv)
+    _, err = p.communicate(timeout=60)
+    assert time.perf_counter() - start < 2
+    assert p.returncode == 2
+    [line] = err.strip().splitlines()
+    assert " TB (" in line and "bytes) on disk, " in line and f"bytes) free in {tmp_path}" in line
+    assert list(tmp_path.iterdir()) == []
