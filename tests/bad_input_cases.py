@@ -116,6 +116,32 @@ def latest(run: Path) -> Path:
     return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
 
 
+def key_paths(obj, prefix=()):
+    """Every key path into nested dicts and lists (anything else is a leaf)."""
+    yield prefix
+    items = (obj.items() if isinstance(obj, dict) else enumerate(obj)
+             if isinstance(obj, list) else ())
+    for k, v in items:
+        yield from key_paths(v, (*prefix, k))
+
+
+def mutate(doc, path, op, value):
+    """``doc`` changed in place at ``path``: the value ``replace``d by ``value``, ``delete``d,
+    or (``add``) given an unknown key; a replaced root is returned instead."""
+    if not path:
+        return value if op == "replace" else doc
+    parent = doc
+    for k in path[:-1]:
+        parent = parent[k]
+    if op == "replace":
+        parent[path[-1]] = value
+    elif op == "delete":
+        del parent[path[-1]]
+    elif isinstance(parent[path[-1]], dict):
+        parent[path[-1]]["unknown key"] = value
+    return doc
+
+
 class Pwned:
     """Unpickling this calls ``os.system``: what a malicious state.pt would do."""
 

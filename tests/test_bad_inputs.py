@@ -14,7 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bad_input_cases import BEGIN, CASES, DOC, END, Workspace, run_case, snapshot
+from bad_input_cases import (
+    BEGIN,
+    CASES,
+    DOC,
+    END,
+    Workspace,
+    key_paths,
+    mutate,
+    run_case,
+    snapshot,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -79,33 +89,6 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                     max_leaves=6)
 
 
-def _paths(obj, prefix=()):
-    """Every key path into a JSON document."""
-    yield prefix
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) \
-        else ()
-    for k, v in items:
-        yield from _paths(v, (*prefix, k))
-
-
-def _mutate(doc, path, op, value):
-    """``doc`` with the value at ``path`` replaced by ``value``, deleted, or given an extra
-    unknown key."""
-    doc = json.loads(json.dumps(doc))
-    if not path:
-        return value if op == "replace" else doc
-    parent = doc
-    for k in path[:-1]:
-        parent = parent[k]
-    if op == "replace":
-        parent[path[-1]] = value
-    elif op == "delete":
-        del parent[path[-1]]
-    elif isinstance(parent[path[-1]], dict):
-        parent[path[-1]]["unknown key"] = value
-    return doc
-
-
 @pytest.fixture(scope="module")
 def store_copy(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("fuzz") / "store"
@@ -117,10 +100,10 @@ def store_copy(tiny, tmp_path_factory):
 @given(data=st.data())
 def test_mutated_manifests_fail_cleanly(store_copy, data):
     good = read_json(store_copy / "manifest.json")
-    path = data.draw(st.sampled_from(list(_paths(good))))
+    path = data.draw(st.sampled_from(list(key_paths(good))))
     op = data.draw(st.sampled_from(["replace", "delete", "add"]))
     (store_copy / "manifest.json").write_text(json.dumps(
-        _mutate(good, path, op, data.draw(JSON))))
+        mutate(json.loads(json.dumps(good)), path, op, data.draw(JSON))))
     shards = snapshot(*store_copy.glob("*.npy"))
     try:
         store = PairStore(store_copy)
@@ -138,10 +121,10 @@ def test_mutated_manifests_fail_cleanly(store_copy, data):
 @given(data=st.data())
 def test_mutated_config_files_fail_cleanly(tmp_path, data):
     good = preset("checkerboard-tiny").to_dict()
-    path = data.draw(st.sampled_from(list(_paths(good))))
+    path = data.draw(st.sampled_from(list(key_paths(good))))
     op = data.draw(st.sampled_from(["replace", "delete", "add"]))
     f = tmp_path / "config.json"
-    f.write_text(json.dumps(_mutate(good, path, op, data.draw(JSON))))
+    f.write_text(json.dumps(mutate(json.loads(json.dumps(good)), path, op, data.draw(JSON))))
     try:
         cfg = Config.from_dict(read_json(f))
     except KDMError as e:

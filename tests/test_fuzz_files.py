@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bad_input_cases import snapshot
+from bad_input_cases import key_paths, mutate, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,32 +35,6 @@ def run_cli(*argv: object) -> tuple[int, str]:
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main([str(a) for a in argv])
     return code, err.getvalue()
-
-
-def paths(obj, prefix=()):
-    """Every key path into nested dicts and lists (tensors are leaves)."""
-    yield prefix
-    items = (obj.items() if isinstance(obj, dict) else enumerate(obj)
-             if isinstance(obj, list) else ())
-    for k, v in items:
-        yield from paths(v, (*prefix, k))
-
-
-def mutate(doc, path, op, value):
-    """``doc`` (a fresh copy) with the value at ``path`` replaced, deleted, or given an
-    unknown key."""
-    if not path:
-        return value if op == "replace" else doc
-    parent = doc
-    for k in path[:-1]:
-        parent = parent[k]
-    if op == "replace":
-        parent[path[-1]] = value
-    elif op == "delete":
-        del parent[path[-1]]
-    elif isinstance(parent[path[-1]], dict):
-        parent[path[-1]]["unknown key"] = value
-    return doc
 
 
 def outcome_is_clean(code: int, err: str, before: dict, root: Path) -> None:
@@ -120,7 +94,7 @@ def test_every_mutation_works_or_fails_in_one_line(fresh, target, data):
     where, read, write, command = TARGETS[target]
     path = where(w)
     good = read(path)
-    key_path = data.draw(st.sampled_from(list(paths(good))))
+    key_path = data.draw(st.sampled_from(list(key_paths(good))))
     op = data.draw(st.sampled_from(["replace", "delete", "add"]))
     write(path, mutate(read(path), key_path, op, data.draw(JSON)))
     w["out"].unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from bad_input_cases import key_paths, mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_pairs import make, teacher
@@ -364,14 +365,6 @@ LEAVES = st.sampled_from([None, True, 0, -1, 7, 2.5, 10**400, "", "x", "float32"
                           [10**12, 10**12], "0" * 64]) | st.text(max_size=3)
 
 
-def _key_paths(obj, prefix=()):
-    yield prefix
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) \
-        else ()
-    for k, v in items:
-        yield from _key_paths(v, (*prefix, k))
-
-
 @settings(max_examples=80, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
@@ -382,14 +375,8 @@ def test_resume_over_mutated_manifests(tmp_path_factory, data):
     good = json.loads((store / "manifest.json").read_text())
     good["complete"] = False
     doc = json.loads(json.dumps(good))
-    path = data.draw(st.sampled_from([p for p in _key_paths(doc) if p]))
-    parent = doc
-    for k in path[:-1]:
-        parent = parent[k]
-    if data.draw(st.booleans()):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = data.draw(LEAVES)
+    path = data.draw(st.sampled_from([p for p in key_paths(doc) if p]))
+    mutate(doc, path, data.draw(st.sampled_from(["replace", "delete"])), data.draw(LEAVES))
     (store / "manifest.json").write_text(json.dumps(doc))
     before = {p.name: p.read_bytes() for p in store.iterdir()}
     try:
