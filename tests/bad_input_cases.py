@@ -477,6 +477,9 @@ CASES: list[Case] = [
         r, lambda st: st.update(data={"epoch": -1, "offset": 0}))), "has data position"),
     Case("trainer state that is a list", _resume(lambda r: torch.save(
         [1, 2], latest(r) / "state.pt")), "holds a list, not the trainer's state"),
+    Case("optimizer state without its state dict", _resume(lambda r: edit_state(
+        r, lambda st: st["optimizer"].update(state=None))),
+        "has optimizer without its state dict and list of parameter groups"),
     Case("optimizer state of another model", _resume(lambda r: edit_state(
         r, lambda st: st["optimizer"].update(param_groups=[]))),
         "does not fit this run's optimizer or random state"),

@@ -203,7 +203,7 @@ class Trainer:
                 self.part_gen.set_state(state[part_key])
             if self.scaler is not None and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
             raise KDMError(f"{ckpt / 'state.pt'} does not fit this run's optimizer or random "
                            f"state ({first_line(e)}); the checkpoint is damaged or from another "
                            "run") from None
@@ -235,6 +235,12 @@ class Trainer:
         for key, tp in need.items():
             if not isinstance(state[key], tp) or isinstance(state[key], bool):
                 raise bad(f"has {key} of type {type(state[key]).__name__}")
+        for key in ("optimizer", "critic_optimizer"):
+            opt = state.get(key)
+            if opt is not None and not (isinstance(opt.get("state"), dict) and isinstance(
+                    opt.get("param_groups"), list) and all(
+                    isinstance(g, dict) for g in opt["param_groups"])):
+                raise bad(f"has {key} without its state dict and list of parameter groups")
         for key in ("step", "ema_updates", "nonfinite_total"):
             if state[key] < 0:
                 raise bad(f"has a negative {key} ({state[key]})")
