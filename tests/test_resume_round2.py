@@ -256,7 +256,7 @@ def test_interrupt_message_names_the_command_that_continues(monkeypatch, argv, h
     assert err == f"kdm: error: interrupted; {hint}\n"
 
 
-def test_permission_problems_are_named(tiny, monkeypatch):
+def test_permission_problems_are_named(tiny, tmp_path, monkeypatch):
     """An unreadable file is reported as such, not as missing (root ignores file modes, so the
     denial is simulated)."""
     from koopman_distill import io as kio
@@ -270,10 +270,10 @@ def test_permission_problems_are_named(tiny, monkeypatch):
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(ckpt_module, "open", denied, raising=False)
-    code, _, err = run_cli("sample", tiny["kdm"], "--n", 3, "--out", "/nonexistent/x.npy")
+    code, _, err = run_cli("sample", tiny["kdm"], "--n", 3, "--out", tmp_path / "x.npy")
     assert code == 2 and "ema.safetensors: Permission denied" in err
     monkeypatch.setattr(kio, "open", denied, raising=False)
-    code, _, err = run_cli("sample", tiny["kdm"], "--n", 3, "--out", "/nonexistent/x.npy")
+    code, _, err = run_cli("sample", tiny["kdm"], "--n", 3, "--out", tmp_path / "x.npy")
     assert code == 2 and err.startswith("kdm: error: cannot read run metadata ")
     assert "run.json: Permission denied" in err
 
