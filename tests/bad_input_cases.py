@@ -609,7 +609,7 @@ CASES: list[Case] = [
         "sample", w.run, "--n", "1e15", "--out", w.p("out.npy")],
         "needs 8000.0 TB (8000000000000128 bytes) on disk"),
     Case("a count that is not whole", lambda w: [
-        "sample", w.run, "--n", "2.5", "--out", w.p("out.npy")], "invalid count '2.5'"),
+        "sample", w.run, "--n", "2.5", "--out", w.p("out.npy")], "invalid int value: '2.5'"),
     Case("NaN weights", _sample(lambda w: w.run_copy(_nan_weights)),
          "5 of 5 samples are NaN/inf (first at row 0)"),
     Case("--out is the --noise file by another path", lambda w: [

@@ -151,7 +151,7 @@ def test_counts_typed_as_floats(tiny, tmp_path):
     assert np.load(tmp_path / "a.npy").shape == (1000, 2)
     for bad in ("2.5", "nan", "1e400", "inf", "ten"):
         one_line(*run("sample", tiny["kdm"], "--n", bad, "--out", tmp_path / "c.npy"),
-                 f"invalid count {bad!r}")
+                 f"invalid int value: {bad!r}")
     assert not (tmp_path / "c.npy").exists()
 
 

@@ -81,9 +81,7 @@ def _same_file(a: Path, b: Path) -> bool:
 def _check_writable(directory: Path, flag: str, path: object) -> None:
     """Refuse an output whose directory (or nearest existing ancestor, for a directory still
     to be made) is not a directory or cannot be written: found before any work, by a probe."""
-    where = directory.absolute()
-    while not where.exists() and where != where.parent:
-        where = where.parent
+    where = resources.nearest_existing(directory)
     if not where.is_dir():
         raise KDMError(f"{flag} {path}: {where} is a file, not a directory; pick another {flag}")
     try:
@@ -179,8 +177,8 @@ def _count(text: str) -> int:
     except ValueError:
         x = math.nan
     if not (math.isfinite(x) and x.is_integer()):
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: give a whole number such "
-                                         "as 1000 or 1e6")
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (give a whole number, "
+                                         "e.g. 1000, 1_000 or 1e6)")
     return int(x)
 
 
@@ -212,22 +210,6 @@ def cmd_teacher_train(args: argparse.Namespace) -> None:
     if args.data:
         cfg.data.source = args.data
     print(f"teacher run: {api.run_summary(api.train_teacher(cfg, args.out))}")
-
-
-def _pair_count(text: str) -> int:
-    """``--n``: a whole number, also written as a float (``5e4``, ``1e6``)."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value.is_integer()):
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (give a whole number "
-                                         "of pairs, e.g. 50000 or 5e4)")
-    return int(value)
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
@@ -416,7 +398,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.preset is not None:
         raise KDMError("--preset does not apply to a run: kdm eval uses the run's own config; "
                        "drop --preset (change eval settings with --set eval.KEY=VALUE)")
-    from .api import read_run
     from .evaluate import evaluate_run, memory_needed
 
     cfg, meta = read_run(args.run)
@@ -426,7 +407,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     _eval_out(out, args.force, EVAL_FILES)
     shape = tuple(meta["shape"]) if "shape" in meta else (meta.get("dim", 2),)
     resources.check_memory(memory_needed(cfg.eval, shape), f"eval.n={cfg.eval.n}",
-                 "lower it with --set eval.n=N")
+                           "lower it with --set eval.n=N")
     result = evaluate_run(args.run, cfg.eval, out, make_plots=not args.no_plots)
     _print_eval(result)
 
@@ -438,7 +419,6 @@ def _eval_samples(args: argparse.Namespace) -> None:
     from .data.checkerboard import sample_checkerboard
     from .metrics.twod import evaluate_2d
 
-    args.preset = args.preset or "checkerboard"
     cfg = _config(args)
     check_overrides_act(cfg, args.set or [], ("eval",), "kdm eval --samples")
     if args.out:
@@ -527,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "`kdm pairs import` / `kdm pairs verify`", epilog=EPILOG)
     s.add_argument("--teacher", required=True, help="teacher run directory")
     s.add_argument("--out", required=True, help="pair store directory (resumed if it exists)")
-    s.add_argument("--n", type=_pair_count, help="number of pairs (pairs.n), e.g. 50000 or "
+    s.add_argument("--n", type=_count, help="number of pairs (pairs.n), e.g. 50000 or "
                    "5e4")
     s.add_argument("--seed", type=int, help="base noise seed (pairs.seed)")
     _add_config_args(s, with_preset=False)
@@ -567,9 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an earlier evaluation in --out")
     s.add_argument("--no-plots", action="store_true")
     _add_config_args(s)
-    for a in s._actions:  # default None, so that a --preset given for a run can be refused
+    for a in s._actions:
         if a.dest == "preset":
-            a.default = None
             a.help = ("with --samples: the preset whose eval settings are used (default "
                       "checkerboard); a run uses its own config")
         if a.dest == "set":

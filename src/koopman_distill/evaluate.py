@@ -14,7 +14,6 @@ the error they carry (``far_miss_fraction``), and drawn on the noise plane (``fa
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from .data.checkerboard import far_misses, sample_checkerboard
 from .io import write_json
 from .metrics.twod import evaluate_2d, paired_error, sliced_wasserstein
 from .pairs import PairStore
+from .training.trainer import read_log
 
 
 def memory_needed(ecfg: EvalConfig, shape: tuple[int, ...]) -> int:
@@ -145,25 +145,8 @@ def _plots(run: Path, gen: Any, noise: np.ndarray, kdm: np.ndarray, teacher: np.
             lam = K.eigenvalues().detach().numpy()
             eig["λ (parametrised)"] = np.concatenate([lam, lam.conj()])
         paths["spectrum"] = plots.spectrum(eig, out / "spectrum.png")
-    rows_log = _log_rows(run / "log.jsonl")
+    log = run / "log.jsonl"
+    rows_log = read_log(log, skip_damaged=True) if log.is_file() else []
     if any("loss" in r for r in rows_log):
         paths["loss"] = plots.loss_curves(rows_log, out / "loss.png")
     return {k: str(v) for k, v in paths.items()}
-
-
-def _log_rows(log: Path) -> list[dict[str, Any]]:
-    """The rows of the trainer's log that have a numeric step. A line cut short by a kill or
-    otherwise damaged is left out: the loss plot is a by-product, not worth failing eval."""
-    if not log.is_file():
-        return []
-    rows = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        step = row.get("step") if isinstance(row, dict) else None
-        if isinstance(step, (int, float)) and not isinstance(step, bool):
-            rows.append(row)
-    return rows
-

@@ -26,12 +26,18 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def free_disk(path: str | os.PathLike) -> tuple[int, Path]:
-    """Free bytes on the file system that ``path`` (or, where it does not exist yet, its
-    nearest existing ancestor) is on, and that directory."""
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` made absolute, or its nearest ancestor that exists (where it will be made)."""
     where = Path(path).absolute()
     while not where.exists() and where != where.parent:
         where = where.parent
+    return where
+
+
+def free_disk(path: str | os.PathLike) -> tuple[int, Path]:
+    """Free bytes on the file system that ``path`` (or, where it does not exist yet, its
+    nearest existing ancestor) is on, and that directory."""
+    where = nearest_existing(path)
     return shutil.disk_usage(where).free, where
 
 

@@ -508,9 +508,10 @@ class Trainer:
         return logs
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``log.jsonl``, up to a torn last line (a killed run's); a damaged line
-    before the last is a KDMError rather than a reason to drop the rows after it."""
+def read_log(path: Path, skip_damaged: bool = False) -> list[dict[str, Any]]:
+    """The rows of a ``log.jsonl``, up to a torn last line (a killed run's). A damaged line
+    before the last is a KDMError rather than a reason to drop the rows after it, or, with
+    ``skip_damaged`` (for plots), left out."""
     lines = path.read_text(errors="replace").splitlines()
     rows = []
     for i, line in enumerate(lines):
@@ -519,8 +520,8 @@ def read_log(path: Path) -> list[dict[str, Any]]:
         except (ValueError, RecursionError):
             row = None
         if not (isinstance(row, dict) and type(row.get("step")) is int):
-            if i == len(lines) - 1:
-                break
+            if skip_damaged or i == len(lines) - 1:
+                continue
             raise KDMError(f"{path} line {i + 1} is not a log row; fix or delete that line")
         rows.append(row)
     return rows
