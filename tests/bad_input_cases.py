@@ -368,7 +368,7 @@ CASES: list[Case] = [
         lambda r: (r / "run.json").write_bytes(b"{\x00"))), "is not valid JSON"),
     Case("run from a newer version", _sample(lambda w: w.run_copy(
         lambda r: edit_json(r / "run.json", lambda d: d.update(format=9)))),
-        "newer koopman-distill (run format 9 > 1)"),
+        "newer koopman-distill (run format 9 > 2)"),
     Case("unknown run kind", _resume(lambda r: edit_json(
         r / "run.json", lambda d: d.update(kind="other"))), "unknown run kind 'other'"),
     Case("unknown key in config.json", _sample(lambda w: w.run_copy(
@@ -521,7 +521,7 @@ CASES: list[Case] = [
     Case("run.json without a field", _resume(lambda r: edit_json(
         r / "run.json", lambda d: d.pop("pairs"))), "run.json lacks pairs"),
     Case("run.json with a huge dimension", _sample(lambda w: w.run_copy(lambda r: edit_json(
-        r / "run.json", lambda d: d.update(dim=10**12)))), "has dim 1000000000000"),
+        r / "run.json", lambda d: d.update(shape=[10**12])))), "has shape [1000000000000]"),
     Case("run.json with a boolean format", _sample(lambda w: w.run_copy(lambda r: edit_json(
         r / "run.json", lambda d: d.update(format=True)))), "has format True"),
     Case("deeply nested run.json", _sample(lambda w: w.run_copy(lambda r: (

@@ -76,7 +76,7 @@ def test_kd_learns_a_linear_map():
 
 def test_method_dispatch_and_errors():
     cfg = preset("checkerboard-tiny")
-    meta = {"dim": 2, "sigma_max": 1.0}
+    meta = {"shape": [2], "num_classes": 0, "sigma_max": 1.0}
     assert isinstance(build_kdm(cfg, meta), KDM)
     for method, cls in (("kd", KDGenerator), ("rectified", RectifiedFlow)):
         cfg.model.method = method

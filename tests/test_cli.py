@@ -19,7 +19,7 @@ def test_pipeline_artifacts(tiny):
     cfg = read_json(run / "config.json")
     assert cfg["preset"] == "checkerboard-tiny" and cfg["train"]["steps"] == 20
     meta = read_json(run / "run.json")
-    assert meta["kind"] == "kdm" and meta["dim"] == 2 and meta["nfe_teacher"] == 8
+    assert meta["kind"] == "kdm" and meta["shape"] == [2] and meta["nfe_teacher"] == 8
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000020"
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert {"latent", "rec", "push"} <= set(rows[0])

@@ -113,7 +113,7 @@ def _kind(v) -> str:
 
 # Fields read as they are (values of another kind must be refused), per target.
 STRICT = {
-    "run.json": ["format", "kind", "sigma_max", "dim", "pairs", "n_pairs", "teacher",
+    "run.json": ["format", "kind", "sigma_max", "shape", "pairs", "n_pairs", "teacher",
                  "nfe_teacher"],
     "state.pt": ["step", "optimizer", "ema_updates", "data", "rng_torch", "nonfinite_total"],
     "manifest": ["format", "version", "complete", "count", "shard_size", "shape", "dtypes",

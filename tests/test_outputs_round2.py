@@ -81,8 +81,7 @@ class Identity(torch.nn.Module):
     ((1, 4, 4), 3, [1, 255, 256 * 3 + 1, 256 * 5]),
 ])
 def test_noise_and_samples_in_chunks_are_one_draw(shape, classes, ns):
-    meta = {"sigma_max": 1.5, **({"dim": 2} if len(shape) == 1 else
-                                 {"shape": list(shape), "num_classes": classes})}
+    meta = {"sigma_max": 1.5, "shape": list(shape), "num_classes": classes}
     gen = OneStepGenerator(Identity(), preset("checkerboard-tiny"), meta)
     for n in ns:
         g = torch.Generator().manual_seed(4)

@@ -116,7 +116,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _is_image(meta: dict[str, Any]) -> bool:
-    return "shape" in meta
+    return len(meta["shape"]) == 3
 
 
 def _weights(run: Path, ema: bool) -> dict[str, torch.Tensor]:
@@ -143,14 +143,14 @@ def _teacher_tensors(cfg: Config) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise KDMError("2-D point data needs teacher.kind=flow (or set data.resolution for "
                        "images)")
     x = teacher_data(cfg)
-    return {"x": x}, {"kind": "teacher", "dim": int(x.shape[1]), "n_data": len(x),
-                      "sigma_max": cfg.teacher.sigma_max}
+    return {"x": x}, {"kind": "teacher", "shape": [int(x.shape[1])], "num_classes": 0,
+                      "n_data": len(x), "sigma_max": cfg.teacher.sigma_max}
 
 
 def build_teacher(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
     if _is_image(meta):
         return image_api.build_teacher(cfg, tuple(meta["shape"]), meta["num_classes"])
-    return FlowMatchingTeacher(meta["dim"], cfg.teacher)
+    return FlowMatchingTeacher(meta["shape"][0], cfg.teacher)
 
 
 def train_teacher(cfg: Config, out: str | Path) -> Path:
@@ -297,7 +297,7 @@ def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:
         store.check_finite()  # validated before anything is written
         on_main(lambda: _check_new_run(out, cfg))
         return _fit_kdm(cfg, meta, Path(out), store, resume=False)
-    meta["dim"] = int(store.shape[0])
+    meta.update(shape=list(store.shape), num_classes=0)
     tensors = _pair_tensors(store)
     on_main(lambda: _check_new_run(out, cfg))
     return _fit_kdm(cfg, meta, Path(out), tensors, resume=False)
@@ -309,13 +309,13 @@ def build_kdm(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
         if _is_image(meta):
             return ImageKDM(tuple(meta["shape"]), model_cfg, meta["sigma_max"],
                             meta["num_classes"])
-        return KDM(meta["dim"], model_cfg, meta["sigma_max"])
+        return KDM(meta["shape"][0], model_cfg, meta["sigma_max"])
 
     if cfg.model.method == "kdm":
         return kdm(cfg.model)
     with torch.device("meta"):  # only counted; distance and critic do not change the path
         target = sampling_path_params(kdm(replace(cfg.model, distance="l2", w_adv=0.0)))
-    shape = tuple(meta["shape"]) if _is_image(meta) else (meta["dim"],)
+    shape = tuple(meta["shape"])
     return build_baseline(cfg.model.method, shape, cfg.model, meta["sigma_max"],
                           int(meta.get("num_classes", 0)), target)
 
@@ -338,7 +338,7 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
     probe = {k: v.to(device) for k, v in probe.items()}
     g = torch.Generator().manual_seed(cfg.eval.seed)
     checkerboard = cfg.data.source == "checkerboard" and not _is_image(meta)
-    probe_noise = (meta["sigma_max"] * torch.randn(min(cfg.eval.n, 5000), meta["dim"],
+    probe_noise = (meta["sigma_max"] * torch.randn(min(cfg.eval.n, 5000), *meta["shape"],
                                                     generator=g).to(device)
                    if checkerboard else None)
 
@@ -475,7 +475,7 @@ class OneStepGenerator:
     @property
     def shape(self) -> tuple[int, ...]:
         """Shape of one example: (dim,) or (C, R, R)."""
-        return tuple(self.meta["shape"]) if _is_image(self.meta) else (self.meta["dim"],)
+        return tuple(self.meta["shape"])
 
     @property
     def num_classes(self) -> int:

@@ -140,7 +140,7 @@ def _teacher_samplers(meta: dict[str, Any], store: PairStore, device: torch.devi
                        f"({path}); bench needs it for the teacher rows")
     teacher = load_teacher(path)[0].to(device)
     sampler = store.manifest["sampler"]
-    if "shape" in meta:
+    if len(meta["shape"]) == 3:
         rows = [(k, f"teacher (Euler x{k})",
                  lambda x, y, k=k: teacher.sample(x, y, k, "euler")) for k in TEACHER_NFES]
         rows.append((teacher.nfe, f"teacher (Heun x{teacher.steps})",
@@ -172,7 +172,7 @@ def evaluate_students(runs: dict[str, Path], cfg: Config) -> dict[str, Any]:
     device, meta = first.device, first.meta
     store = PairStore(meta["pairs"])
     noise, labels = first.noise(ecfg.n, ecfg.seed), first.labels(ecfg.n, ecfg.seed)
-    bs = ecfg.batch_size if "shape" in meta else min(ecfg.n, 10_000)
+    bs = ecfg.batch_size if len(meta["shape"]) == 3 else min(ecfg.n, 10_000)
     teacher_rows, teacher = _teacher_samplers(meta, store, device)
     entries: list[tuple[str, int, str, Sampler, int, float]] = [
         ("teacher", nfe, label, fn, param_count(teacher, ()), float("nan"))
@@ -180,7 +180,7 @@ def evaluate_students(runs: dict[str, Path], cfg: Config) -> dict[str, Any]:
     for m, gen in gens.items():
         entries += [(m, nfe, label, fn, param_count(gen.model, ("E_0.", "critic.")),
                      _train_seconds(runs[m])) for nfe, label, fn in _student_samplers(m, gen)]
-    score = _image_scorer(cfg, device, labels) if "shape" in meta else _points_scorer(
+    score = _image_scorer(cfg, device, labels) if len(meta["shape"]) == 3 else _points_scorer(
         cfg, meta, teacher, teacher_rows[-1][2], device)
     target = _batched(teacher_rows[-1][2], noise, labels, bs, device)
     rows = []
@@ -195,8 +195,8 @@ def evaluate_students(runs: dict[str, Path], cfg: Config) -> dict[str, Any]:
     full = rows[len(teacher_rows) - 1]  # the teacher's own sampler (its NFE may repeat)
     for r in rows:
         r["speedup_vs_teacher"] = r["samples_per_s"] / full["samples_per_s"]
-    return {"rows": rows, "metric": "fd" if "shape" in meta else "sliced_wasserstein",
-            "checks": _checks(rows, "shape" in meta),
+    return {"rows": rows, "metric": "fd" if len(meta["shape"]) == 3 else "sliced_wasserstein",
+            "checks": _checks(rows, len(meta["shape"]) == 3),
             "settings": {**dataclasses.asdict(ecfg), "throughput_batch": bs,
                          "threads": torch.get_num_threads(), "device": str(device),
                          "train": dataclasses.asdict(cfg.train)}}
@@ -208,7 +208,7 @@ def _points_scorer(cfg: Config, meta: dict[str, Any], teacher: Any, full: Sample
 
     ecfg = cfg.eval
     g = torch.Generator().manual_seed(ecfg.reference_seed)
-    ref_noise = meta["sigma_max"] * torch.randn(ecfg.n, meta["dim"], generator=g)
+    ref_noise = meta["sigma_max"] * torch.randn(ecfg.n, *meta["shape"], generator=g)
     reference = _batched(full, ref_noise, None, ecfg.n, device)
 
     def score(samples: np.ndarray, target: np.ndarray) -> dict[str, float]:

@@ -218,7 +218,7 @@ def cmd_pairs(args: argparse.Namespace) -> None:
         raise KDMError(f"{args.teacher} is a {meta['kind']!r} run, not a teacher")
     cfg = _config(args, cfg)
     # what make_pairs reads of the config; other settings would be silently ignored
-    image = "shape" in meta
+    image = len(meta["shape"]) == 3
     check_overrides_act(cfg, args.set or [], (
         "pairs", "teacher.steps", "train.device" if image else "teacher.sampler"),
         "kdm pairs")
@@ -243,7 +243,7 @@ def _check_store_fits(out: str, cfg: Config, meta: dict) -> None:
     on the disk of ``out``."""
     from .pairs.manifest import store_bytes
 
-    shape = meta.get("shape", [meta.get("dim")])
+    shape = meta["shape"]
     dtypes = {"noise" if cfg.pairs.store_noise else "noise_seed":
               "float32" if cfg.pairs.store_noise else "int64", "clean": cfg.pairs.clean_dtype}
     if meta.get("num_classes"):
@@ -332,7 +332,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _, meta = read_run(args.run)  # the cheap checks, before torch is imported
     if meta["kind"] != "kdm":
         raise KDMError(f"{args.run} is a {meta['kind']!r} run, not a KDM run")
-    shape = tuple(meta.get("shape", [meta.get("dim")]))
+    shape = tuple(meta["shape"])
     if args.grid and len(shape) != 3:
         raise KDMError("--grid is for image runs; drop it for a 2-D run")
     if args.n is not None:  # the block is OneStepGenerator.block
@@ -405,7 +405,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     check_overrides_act(cfg, args.set or [], ("eval",), "kdm eval RUN")
     out = Path(args.out) if args.out else Path(args.run) / "eval"
     _eval_out(out, args.force, EVAL_FILES)
-    shape = tuple(meta["shape"]) if "shape" in meta else (meta.get("dim", 2),)
+    shape = tuple(meta["shape"])
     resources.check_memory(memory_needed(cfg.eval, shape), f"eval.n={cfg.eval.n}",
                            "lower it with --set eval.n=N")
     result = evaluate_run(args.run, cfg.eval, out, make_plots=not args.no_plots)

@@ -58,7 +58,7 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
     """Evaluate the EMA weights of a KDM run; writes ``eval.json`` (and plots) under ``out``
     (default ``RUN/eval``) and returns the result."""
     run = Path(run)
-    if "shape" in read_run(run)[1]:
+    if len(read_run(run)[1]["shape"]) == 3:
         from .evaluate_images import evaluate_image_run
 
         return evaluate_image_run(run, ecfg, out, make_plots)
@@ -80,8 +80,8 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
                                            "threads": torch.get_num_threads()}}
     if found is not None:
         teacher, sampler = found
-        ref_noise = gen.sigma_max * torch.randn(
-            ecfg.n, gen.meta["dim"], generator=torch.Generator().manual_seed(ecfg.reference_seed))
+        g = torch.Generator().manual_seed(ecfg.reference_seed)
+        ref_noise = gen.sigma_max * torch.randn(ecfg.n, *gen.meta["shape"], generator=g)
         reference = teacher.sample(ref_noise, sampler["method"], sampler["steps"]).numpy()
         teacher.sample(noise[:256], sampler["method"], sampler["steps"])  # warm-up
         target, t_teacher = timed(lambda: teacher.sample(noise, sampler["method"],

@@ -1,6 +1,7 @@
-"""Run directories' metadata: ``run.json`` (what kind of run, data dimension or image shape,
-noise scale, where its pairs came from) and ``config.json``, read and checked field by field
-without importing torch, so that commands can check their work before loading a model."""
+"""Run directories' metadata: ``run.json`` (what kind of run, the shape of one example and
+its class count, noise scale, where its pairs came from) and ``config.json``, read and
+checked field by field without importing torch, so that commands can check their work before
+loading a model."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .config import Config, load_config
 from .errors import KDMError
 from .io import read_json
 
-RUN_FORMAT = 1
+RUN_FORMAT = 2  # 1: vector runs recorded ``dim`` instead of ``shape``
 
 
 def read_run(run: str | Path) -> tuple[Config, dict[str, Any]]:
@@ -22,6 +23,9 @@ def read_run(run: str | Path) -> tuple[Config, dict[str, Any]]:
         raise KDMError(f"run directory not found: {run}")
     meta = read_json(run / "run.json", "run metadata")
     check_run_meta(meta, run)
+    if "dim" in meta:  # format 1
+        dim = meta.pop("dim")
+        meta.update(shape=[dim], num_classes=meta.get("num_classes", 0))
     return load_config(str(run / "config.json")), meta
 
 
@@ -55,15 +59,16 @@ def check_run_meta(meta: Any, run: Path) -> None:
         raise KDMError(f"{run} has unknown run kind {kind!r}")
     if not (number(meta.get("sigma_max")) and meta["sigma_max"] > 0):
         raise bad(f"has sigma_max {meta.get('sigma_max')!r}, expected a positive number")
-    if "shape" in meta:
-        shape = meta["shape"]
-        if not (isinstance(shape, list) and len(shape) == 3 and all(count(v, 1) for v in shape)
-                and math.prod(shape) <= _MAX_EXAMPLE):
-            raise bad(f"has image shape {shape!r}, expected [channels, height, width]")
+    if fmt == 1 and "shape" not in meta:
+        if not (count(meta.get("dim"), 1) and meta["dim"] <= _MAX_EXAMPLE):
+            raise bad(f"has dim {meta.get('dim')!r}, expected a positive integer")
+    else:
+        shape = meta.get("shape")
+        if not (isinstance(shape, list) and len(shape) in (1, 3)
+                and all(count(v, 1) for v in shape) and math.prod(shape) <= _MAX_EXAMPLE):
+            raise bad(f"has shape {shape!r}, expected [dim] or [channels, height, width]")
         if not count(meta.get("num_classes")):
             raise bad(f"has num_classes {meta.get('num_classes')!r}")
-    elif not (count(meta.get("dim"), 1) and meta["dim"] <= _MAX_EXAMPLE):
-        raise bad(f"has dim {meta.get('dim')!r}, expected a positive integer")
     fields = ({"n_data": lambda v: count(v)} if kind == "teacher" else
               {"pairs": lambda v: isinstance(v, str) and v != "",
                "n_pairs": lambda v: count(v, 1),
