@@ -1,7 +1,6 @@
 """koopman-distill: one-step generators from diffusion and flow-matching teachers (KDM).
 
-The Python API lives in :mod:`koopman_distill.api` (2-D points) and
-:mod:`koopman_distill.image_api` (images); the ``kdm`` command line in
+The Python API lives in :mod:`koopman_distill.api`; the ``kdm`` command line in
 :mod:`koopman_distill.cli`.
 """
 

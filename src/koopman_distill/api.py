@@ -20,19 +20,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import image_api
 from .config import Config, apply_overrides
-from .data.arrays import load_points
-from .data.checkerboard import inside_fraction, sample_checkerboard
+from .data.checkerboard import inside_fraction
+from .domains import domain_for
 from .errors import KDMError, warn
-from .io import read_json, remove_temp_files, sha256_file, write_json
+from .io import read_json, remove_temp_files, write_json
 from .models import KDM
 from .models.baselines import build_baseline, sampling_path_params, student_label, student_nfe
 from .models.kdm_image import ImageKDM
 from .pairs import PairStore, write_pairs
+from .pairs.store import draw_noise
+from .protocols import Teacher
 from .runs import RUN_FORMAT, read_run
-from .teachers import FlowMatchingTeacher, nfe, ode_sample
-from .training import TensorBatches, Trainer
+from .teachers import build_teacher, load_run_teacher, teacher_tensors
+from .training import Batches, Trainer
 from .training.checkpoint import latest_checkpoint, load_into, load_weights, step_of
 from .training.data import rank_batch_size
 from .training.distributed import init as init_distributed
@@ -127,37 +128,12 @@ def _weights(run: Path, ema: bool) -> dict[str, torch.Tensor]:
 
 
 # -- teacher --------------------------------------------------------------------------------
-def teacher_data(cfg: Config) -> torch.Tensor:
-    """The 2-D teacher's training data (N, 2): the embedded checkerboard or a user ``.npy``."""
-    if cfg.data.source == "checkerboard":
-        return sample_checkerboard(cfg.data.n, torch.Generator().manual_seed(cfg.data.seed))
-    return torch.from_numpy(load_points(cfg.data.source))
-
-
-def _teacher_tensors(cfg: Config) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    if cfg.data.resolution > 0:
-        if cfg.teacher.kind != "edm":
-            raise KDMError("image data needs teacher.kind=edm")
-        return image_api.teacher_tensors(cfg)
-    if cfg.teacher.kind != "flow":
-        raise KDMError("2-D point data needs teacher.kind=flow (or set data.resolution for "
-                       "images)")
-    x = teacher_data(cfg)
-    return {"x": x}, {"kind": "teacher", "shape": [int(x.shape[1])], "num_classes": 0,
-                      "n_data": len(x), "sigma_max": cfg.teacher.sigma_max}
-
-
-def build_teacher(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
-    if _is_image(meta):
-        return image_api.build_teacher(cfg, tuple(meta["shape"]), meta["num_classes"])
-    return FlowMatchingTeacher(meta["shape"][0], cfg.teacher)
-
-
 def train_teacher(cfg: Config, out: str | Path) -> Path:
-    """Train a teacher (flow-matching MLP for points, EDM UNet for images) into ``out``."""
+    """Train the teacher ``cfg.teacher.kind`` names (flow: a flow-matching MLP on vectors,
+    edm: an EDM UNet on images) on its data into ``out``."""
     init_distributed()
     absolute_sources(cfg)
-    tensors, meta = _teacher_tensors(cfg)
+    tensors, meta = teacher_tensors(cfg)
     on_main(lambda: _check_new_run(out, cfg))
     return _fit_teacher(cfg, meta, Path(out), tensors, resume=False)
 
@@ -178,8 +154,8 @@ def _fit_teacher(cfg: Config, meta: dict[str, Any], out: Path,
     model = build_teacher(cfg, meta)
     if cfg.teacher_train.init and not resume:
         init_weights(model, cfg.teacher_train.init)
-    data = TensorBatches(tensors, rank_batch_size(cfg.teacher_train.batch_size),
-                         cfg.teacher_train.seed, rank(), world_size())
+    data = Batches(tensors, rank_batch_size(cfg.teacher_train.batch_size),
+                   cfg.teacher_train.seed, rank(), world_size())
     trainer = Trainer(model, data, cfg.teacher_train, out,
                       device=resolve_device(cfg.teacher_train.device), name="teacher",
                       resume_hint=f"kdm teacher train --resume {out}")
@@ -192,89 +168,85 @@ def _fit_teacher(cfg: Config, meta: dict[str, Any], out: Path,
 
 
 def load_teacher(run: str | Path, ema: bool = True) -> tuple[torch.nn.Module, Config]:
-    """A trained teacher (EMA weights by default) in eval mode, and its config."""
-    run = Path(run)
-    cfg, meta = read_run(run)
-    if meta.get("kind") != "teacher":
-        raise KDMError(f"{run} is a {meta.get('kind')!r} run, not a teacher")
-    model = build_teacher(cfg, meta)
-    weights, ckpt = _weights(run, ema)
-    load_into(model, weights, ckpt)
-    return model.eval(), cfg
-
-
-def teacher_identity(run: str | Path) -> dict[str, Any]:
-    """What identifies a teacher in a pair store manifest."""
-    run = Path(run).resolve()
-    _, meta = read_run(run)
-    _, ckpt = _weights(run, True)
-    kind = {"kind": "edm-unet", "num_classes": meta["num_classes"]} if _is_image(meta) else {
-        "kind": "flow-matching-mlp"}
-    return {**kind, "path": str(run), "checkpoint": ckpt.name,
-            "weights_sha256": sha256_file(ckpt / "ema.safetensors")}
+    """A trained teacher (EMA weights by default, its newest checkpoint) in eval mode, and its
+    config."""
+    return load_run_teacher(run, ema=ema)
 
 
 # -- pairs ----------------------------------------------------------------------------------
-def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = None,
+def make_pairs(teacher: Teacher | str | Path, out: str | Path, cfg: Config | None = None,
                progress: bool = True) -> PairStore:
-    """Run the teacher's ODE sampler on seeded noise and write a pair store (resumable)."""
+    """Run a teacher's deterministic sampler on seeded noise into a pair store (resumable).
+
+    ``teacher`` is a :class:`~.protocols.Teacher` object or a teacher run directory (its EMA
+    weights, with the sampler of ``cfg.teacher``: ``steps`` and ``sampler``). ``cfg`` holds the
+    ``pairs`` settings and ``train.device`` (default: the run's config; for an object, the
+    defaults, and the manifest records no config). Shard ``i`` draws its noise from its own
+    seed (:func:`~.pairs.store.draw_noise`: per-pair seeds when ``pairs.store_noise`` is off,
+    else one draw), then, for a conditional teacher, uniform labels from the same generator;
+    the teacher (an ``nn.Module`` is moved to ``train.device``) maps ``pairs.batch_size`` rows
+    at a time there, and the progress bar moves per batch. The manifest records the teacher's
+    ``identity()`` and ``spec()``, its sampler and NFE; a store in ``out`` made with other
+    settings is refused.
+    """
     init_distributed()
-    teacher, tcfg = load_teacher(teacher_run)
-    _, tmeta = read_run(teacher_run)
-    cfg = cfg or tcfg  # the teacher's config with the caller's pairs/sampler settings
-    sigma, steps = tcfg.teacher.sigma_max, cfg.teacher.steps
-    storage = {"clean_dtype": cfg.pairs.clean_dtype, "store_noise": cfg.pairs.store_noise}
-    if _is_image(tmeta):
-        if cfg.pairs.noise_scale != 1.0:
-            raise KDMError("pairs.noise_scale is for 2-D teachers; image pairs use the "
-                           "teacher's own noise scale, so leave it at 1")
-        device = resolve_device(cfg.train.device)
-        teacher.to(device).steps = steps
-        generate = image_api.pair_generator(teacher, cfg, tmeta["shape"], device)
-        return write_pairs(
-            out, generate, cfg.pairs.n, cfg.pairs.shard_size, cfg.pairs.seed, sigma_max=sigma,
-            shape=tuple(tmeta["shape"]), teacher=teacher_identity(teacher_run),
-            sampler={"method": "heun-karras", "steps": steps, "sigma_min": tcfg.teacher.sigma_min,
-                     "rho": tcfg.teacher.rho}, nfe=teacher.nfe, config=cfg.to_dict(),
-            progress=progress, labels=bool(tmeta["num_classes"]), **storage)
-    if not cfg.pairs.store_noise:
-        raise KDMError("pairs.store_noise=false is for image teachers; a 2-D pair's noise "
-                       "takes no more room than its seed, so leave it true")
-    sampler, bs, scale = cfg.teacher.sampler, cfg.pairs.batch_size, cfg.pairs.noise_scale
-    evals = nfe(sampler, steps)
+    record = cfg
+    if isinstance(teacher, (str, os.PathLike)):
+        cfg = cfg or read_run(teacher)[0]
+        record = cfg
+        teacher = load_run_teacher(teacher, steps=cfg.teacher.steps,
+                                   solver=cfg.teacher.sampler)[0]
+    elif not isinstance(teacher, Teacher):
+        raise KDMError(f"make_pairs needs a teacher run directory or a Teacher (shape, "
+                       f"num_classes, sigma_max, sample, nfe, identity, spec), got "
+                       f"{type(teacher).__name__}")
+    cfg = cfg or Config()
+    device = resolve_device(cfg.train.device)
+    if isinstance(teacher, torch.nn.Module):
+        teacher.to(device)
+    shape, k, bs = tuple(teacher.shape), int(teacher.num_classes), cfg.pairs.batch_size
+    scale = cfg.pairs.noise_scale
+    identity = teacher.identity()
 
     def generate(g: torch.Generator, count: int, advance: Any) -> dict[str, torch.Tensor]:
-        noise = scale * sigma * torch.randn(count, teacher.dim, generator=g)
-        calls = [0]
-
-        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            """The teacher's; after call c of a batch of b, c * b // evals of its pairs count
-            as done (the bar moves within a batch)."""
-            calls[0] += 1
-            advance(calls[0] * len(x) // evals - (calls[0] - 1) * len(x) // evals)
-            return teacher.velocity(x, t)
-
+        noise, seeds = draw_noise(g, count, shape, teacher.sigma_max * scale,
+                                  seeded=not cfg.pairs.store_noise)
+        label = torch.randint(0, k, (count,), generator=g) if k else None
         clean = []
-        with torch.no_grad():  # = teacher.sample(x, sampler, steps), counted
+        with torch.no_grad():
             for i in range(0, count, bs):
-                calls[0] = 0
-                clean.append(ode_sample(velocity, noise[i:i + bs], steps, sampler))
-        return {"noise": noise, "clean": torch.cat(clean)}
+                y = None if label is None else label[i:i + bs].to(device)
+                clean.append(teacher.sample(noise[i:i + bs].to(device), y).cpu())
+                advance(len(clean[-1]))
+        out = {"noise": noise, "clean": torch.cat(clean)}
+        if seeds is not None:
+            out["noise_seed"] = seeds
+        if label is not None:
+            out["label"] = label
+        return out
 
-    return write_pairs(out, generate, cfg.pairs.n, cfg.pairs.shard_size, cfg.pairs.seed,
-                       sigma_max=sigma, shape=(teacher.dim,), teacher=teacher_identity(teacher_run),
-                       sampler={"method": sampler, "steps": steps,
-                                **({"noise_scale": scale} if scale != 1.0 else {})},
-                       nfe=nfe(sampler, steps),
-                       config=cfg.to_dict(), source={"kind": "generated"}, progress=progress,
-                       reports_progress=True, **storage)
+    return write_pairs(
+        out, generate, cfg.pairs.n, cfg.pairs.shard_size, cfg.pairs.seed,
+        sigma_max=teacher.sigma_max, shape=shape, teacher={**identity, "spec": teacher.spec()},
+        sampler={**identity["sampler"], **({"noise_scale": scale} if scale != 1.0 else {})},
+        nfe=teacher.nfe(), config=record.to_dict() if record else None,
+        source={"kind": "generated"}, progress=progress, clean_dtype=cfg.pairs.clean_dtype,
+        store_noise=cfg.pairs.store_noise, labels=bool(k), reports_progress=True)
 
 
 # -- KDM ------------------------------------------------------------------------------------
-def _pair_tensors(store: PairStore) -> dict[str, torch.Tensor]:
-    store.check_finite()
-    tensors = image_api.to_tensors(store.load())
-    return {k: tensors[k] for k in ("noise", "clean")}
+def store_classes(store: PairStore, cfg: Config) -> int:
+    """Number of classes a KDM on ``store`` is conditioned on (0 = unconditional)."""
+    if not cfg.data.conditional:
+        return 0
+    if not store.has_labels:
+        raise KDMError(f"data.conditional is set but pair store {store.path} has no labels; "
+                       "make the pairs with a conditional teacher or set "
+                       "data.conditional=false")
+    teacher = store.manifest.get("teacher") or {}
+    if teacher.get("num_classes"):
+        return int(teacher["num_classes"])
+    return 1 + max(int(store.shard_arrays(i)["label"].max()) for i in range(store.num_shards))
 
 
 def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:
@@ -284,23 +256,16 @@ def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:
     absolute_sources(cfg)
     store = PairStore(pairs)
     store.check_intact()
-    if len(store.shape) not in (1, 3):
-        raise KDMError(f"pair store {pairs} holds examples of shape {store.shape}; KDM needs "
-                       "vectors (D,) or images (C, R, R)")
+    domain_for(store.shape)  # a one-line error for examples that are neither
     if store.manifest.get("config"):  # the data the teacher learned is part of the record
         cfg.data = Config.from_dict(store.manifest["config"]).data
     meta = {"kind": "kdm", "sigma_max": store.sigma_max, "pairs": str(Path(pairs).resolve()),
             "n_pairs": len(store), "teacher": store.manifest.get("teacher"),
-            "nfe_teacher": store.manifest.get("nfe")}
-    if len(store.shape) == 3:
-        meta.update(shape=list(store.shape), num_classes=image_api.store_classes(store, cfg))
-        store.check_finite()  # validated before anything is written
-        on_main(lambda: _check_new_run(out, cfg))
-        return _fit_kdm(cfg, meta, Path(out), store, resume=False)
-    meta.update(shape=list(store.shape), num_classes=0)
-    tensors = _pair_tensors(store)
+            "nfe_teacher": store.manifest.get("nfe"), "shape": list(store.shape),
+            "num_classes": store_classes(store, cfg)}
+    store.check_finite()  # validated before anything is written
     on_main(lambda: _check_new_run(out, cfg))
-    return _fit_kdm(cfg, meta, Path(out), tensors, resume=False)
+    return _fit_kdm(cfg, meta, Path(out), store, resume=False)
 
 
 def build_kdm(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
@@ -320,22 +285,18 @@ def build_kdm(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
                           int(meta.get("num_classes", 0)), target)
 
 
-def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
-             pairs: dict[str, torch.Tensor] | PairStore, resume: bool) -> Path:
+def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
+             resume: bool) -> Path:
     seed_everything(cfg.train.seed)
     model = build_kdm(cfg, meta)
     if cfg.train.init and not resume:
         init_weights(model, cfg.train.init)
     device = resolve_device(cfg.train.device)
-    if isinstance(pairs, PairStore):  # images: streamed from the store
-        data = image_api.StoreBatches(pairs, rank_batch_size(cfg.train.batch_size),
-                                      cfg.train.seed, rank(), world_size())
-        probe = image_api.to_tensors(pairs.load(np.arange(min(256, len(pairs)))))
-    else:
-        data = TensorBatches(pairs, rank_batch_size(cfg.train.batch_size), cfg.train.seed,
-                             rank(), world_size())
-        probe = {k: v[:2048] for k, v in pairs.items()}
-    probe = {k: v.to(device) for k, v in probe.items()}
+    data = Batches(store, rank_batch_size(cfg.train.batch_size), cfg.train.seed, rank(),
+                   world_size())
+    # the first pairs, scored in training: at least 256, and 4096 numbers
+    probe_rows = min(len(data), max(256, 4096 // math.prod(meta["shape"])))
+    probe = {k: v.to(device) for k, v in data.rows(torch.arange(probe_rows)).items()}
     g = torch.Generator().manual_seed(cfg.eval.seed)
     checkerboard = cfg.data.source == "checkerboard" and not _is_image(meta)
     probe_noise = (meta["sigma_max"] * torch.randn(min(cfg.eval.n, 5000), *meta["shape"],
@@ -345,7 +306,7 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
     def evaluate(ema: torch.nn.Module, step: int) -> dict[str, float]:
         with torch.no_grad():
             ema.eval()
-            args = (probe["noise"], probe["label"]) if "label" in probe else (probe["noise"],)
+            args = (probe["noise"], probe["label"]) if meta["num_classes"] else (probe["noise"],)
             res = {"pair_mse": (ema(*args) - probe["clean"]).square().mean().item()}
             if checkerboard:
                 res["inside"] = inside_fraction(ema(probe_noise).cpu().numpy())
@@ -385,11 +346,11 @@ def resume_run(run: str | Path, kind: str | None = None,
     section = "teacher_train" if meta["kind"] == "teacher" else "train"
     new = _resume_overrides(cfg, overrides or [], section, run)
     if meta["kind"] == "teacher":
-        return _fit_teacher(new, meta, run, _teacher_tensors(new)[0], resume=True)
+        return _fit_teacher(new, meta, run, teacher_tensors(new)[0], resume=True)
     store = PairStore(meta["pairs"])
     store.check_intact()
-    pairs = store if _is_image(meta) else _pair_tensors(store)
-    return _fit_kdm(new, meta, run, pairs, resume=True)
+    store.check_finite()
+    return _fit_kdm(new, meta, run, store, resume=True)
 
 
 def _resume_overrides(cfg: Config, overrides: list[str], section: str, run: Path) -> Config:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .analysis import plots
-from .api import OneStepGenerator, load_teacher, make_pairs, train_kdm, train_teacher
+from .api import OneStepGenerator, make_pairs, train_kdm, train_teacher
 from .config import BENCH_SUITES, PRESETS, Config, apply_overrides, preset
 from .demo import _markdown, run_stage
 from .errors import KDMError
@@ -31,6 +31,7 @@ from .io import atomic_write, write_json
 from .models.baselines import student_label
 from .models.kdm_image import param_count
 from .pairs import PairStore
+from .teachers import store_teacher
 from .training.trainer import read_log
 
 STUDENTS = ("kdm", "kd", "rectified")
@@ -134,23 +135,16 @@ def _train_seconds(run: Path) -> float:
 def _teacher_samplers(meta: dict[str, Any], store: PairStore, device: torch.device
                       ) -> tuple[list[tuple[int, str, Sampler]], torch.nn.Module]:
     """(NFE, label, sampler) for the teacher at low NFE (Euler) and at the pairs' sampler."""
-    path = (meta.get("teacher") or {}).get("path")
-    if not path or not (Path(path) / "run.json").exists():
-        raise KDMError(f"the teacher of pair store {store.path} is not on this machine "
-                       f"({path}); bench needs it for the teacher rows")
-    teacher = load_teacher(path)[0].to(device)
-    sampler = store.manifest["sampler"]
-    if len(meta["shape"]) == 3:
-        rows = [(k, f"teacher (Euler x{k})",
-                 lambda x, y, k=k: teacher.sample(x, y, k, "euler")) for k in TEACHER_NFES]
-        rows.append((teacher.nfe, f"teacher (Heun x{teacher.steps})",
-                     lambda x, y: teacher.sample(x, y)))
-    else:
-        rows = [(k, f"teacher (Euler x{k})",
-                 lambda x, y, k=k: teacher.sample(x, "euler", k)) for k in TEACHER_NFES]
-        full = int(store.manifest["nfe"])
-        rows.append((full, f"teacher ({sampler['method'].capitalize()} x{sampler['steps']})",
-                     lambda x, y: teacher.sample(x, sampler["method"], sampler["steps"])))
+    teacher = store_teacher(store, device)
+    if teacher is None:
+        raise KDMError(f"the teacher of pair store {store.path} is not on this machine; bench "
+                       "needs it for the teacher rows")
+    rows = [(teacher.nfe(k, "euler"), f"teacher (Euler x{k})",
+             lambda x, y, k=k: teacher.sample(x, y, steps=k, solver="euler"))
+            for k in TEACHER_NFES]
+    own = teacher.identity()["sampler"]
+    rows.append((teacher.nfe(), f"teacher ({own['method'].capitalize()} x{own['steps']})",
+                 lambda x, y: teacher.sample(x, y)))
     return rows, teacher
 
 

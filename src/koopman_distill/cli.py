@@ -218,10 +218,8 @@ def cmd_pairs(args: argparse.Namespace) -> None:
         raise KDMError(f"{args.teacher} is a {meta['kind']!r} run, not a teacher")
     cfg = _config(args, cfg)
     # what make_pairs reads of the config; other settings would be silently ignored
-    image = len(meta["shape"]) == 3
-    check_overrides_act(cfg, args.set or [], (
-        "pairs", "teacher.steps", "train.device" if image else "teacher.sampler"),
-        "kdm pairs")
+    check_overrides_act(cfg, args.set or [], ("pairs", "teacher.steps", "teacher.sampler",
+                                              "train.device"), "kdm pairs")
     keys = override_keys(args.set or [])
     for flag, key, value in (("--n", "pairs.n", args.n), ("--seed", "pairs.seed", args.seed)):
         if value is not None and key in keys:

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 from .analysis import plots
-from .api import load_run, load_teacher, read_run, timed
+from .api import load_run, read_run, timed
 from .config import EvalConfig
 from .data.checkerboard import far_misses, sample_checkerboard
 from .io import write_json
 from .metrics.twod import evaluate_2d, paired_error, sliced_wasserstein
 from .pairs import PairStore
+from .teachers import store_teacher
 from .training.trainer import read_log
 
 
@@ -40,17 +41,13 @@ def memory_needed(ecfg: EvalConfig, shape: tuple[int, ...]) -> int:
     return ecfg.n * (24 * size + 16 * 2048 if len(shape) == 3 else 96 * size)
 
 
-def run_teacher(meta: dict[str, Any]) -> Any:
-    """The run's teacher and its sampler settings, or None when it is not on this machine."""
-    ident = meta.get("teacher") or {}
-    path = ident.get("path")
-    if not path or not (Path(path) / "run.json").exists():
-        return None
-    teacher, tcfg = load_teacher(path)
-    sampler = {"method": tcfg.teacher.sampler, "steps": tcfg.teacher.steps}
-    if Path(meta["pairs"], "manifest.json").exists():
-        sampler = PairStore(meta["pairs"]).manifest["sampler"]
-    return teacher, sampler
+def run_teacher(meta: dict[str, Any], device: str | torch.device = "cpu") -> Any:
+    """A KDM run's teacher on ``device``, with the sampler that made its pairs (from the
+    store's manifest, or the run's record of it when the store is gone), or None when it is
+    not on this machine."""
+    pairs = Path(meta["pairs"])
+    return store_teacher(PairStore(pairs) if (pairs / "manifest.json").exists() else meta,
+                         device)
 
 
 def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Path | None = None,
@@ -69,23 +66,21 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
     gen.map(noise[:256])  # warm-up, so the timing measures steady-state throughput
     kdm, t_kdm = timed(gen.map, noise)
     metric_args = {"projections": ecfg.projections, "seed": ecfg.seed, "energy_n": ecfg.energy_n}
-    found = run_teacher(gen.meta)
+    teacher = run_teacher(gen.meta)
     # The run's own training pairs: the reference when the teacher is not on this machine (the
     # store's own error if neither is), and a paired error to set against the held-out one.
-    store = (PairStore(gen.meta["pairs"]) if found is None
+    store = (PairStore(gen.meta["pairs"]) if teacher is None
              or Path(gen.meta["pairs"], "manifest.json").exists() else None)
     pairs = store.load(np.arange(min(ecfg.n, len(store)))) if store is not None else None
     result: dict[str, Any] = {"run": str(run.resolve()), "method": gen.cfg.model.method,
                               "settings": {**dataclasses.asdict(ecfg), "weights": "ema",
                                            "threads": torch.get_num_threads()}}
-    if found is not None:
-        teacher, sampler = found
+    if teacher is not None:
         g = torch.Generator().manual_seed(ecfg.reference_seed)
         ref_noise = gen.sigma_max * torch.randn(ecfg.n, *gen.meta["shape"], generator=g)
-        reference = teacher.sample(ref_noise, sampler["method"], sampler["steps"]).numpy()
-        teacher.sample(noise[:256], sampler["method"], sampler["steps"])  # warm-up
-        target, t_teacher = timed(lambda: teacher.sample(noise, sampler["method"],
-                                                          sampler["steps"]).numpy())
+        reference = teacher.sample(ref_noise).numpy()
+        teacher.sample(noise[:256])  # warm-up
+        target, t_teacher = timed(lambda: teacher.sample(noise).numpy())
         result["settings"]["reference"] = "fresh teacher samples (eval.reference_seed)"
         result["teacher"] = {"nfe": int(gen.meta["nfe_teacher"] or 0), "seconds": t_teacher,
                              "samples_per_s": ecfg.n / t_teacher,
@@ -108,7 +103,7 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
             gen.map(pairs["noise"]), pairs["clean"]).items()})
         result["kdm"]["train_pairs_noise_scale"] = store.manifest["sampler"].get("noise_scale",
                                                                                 1.0)
-    if found is not None and gen.cfg.data.source == "checkerboard":
+    if teacher is not None and gen.cfg.data.source == "checkerboard":
         result["kdm"].update(far_misses(kdm, target)[1])
     if gen.cfg.data.source == "checkerboard":
         real = sample_checkerboard(ecfg.n, torch.Generator().manual_seed(ecfg.reference_seed))
@@ -118,7 +113,7 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
     write_json(out / "eval.json", result)
     if make_plots:
         result["plots"] = _plots(run, gen, noise.numpy(), kdm,
-                                 target if found is not None else None, out)
+                                 target if teacher is not None else None, out)
         write_json(out / "eval.json", result)
     return result
 

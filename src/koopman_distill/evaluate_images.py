@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from .analysis import plots
-from .api import OneStepGenerator, load_teacher
+from .api import OneStepGenerator
 from .config import Config, EvalConfig
-from .data.images import load_images
+from .data.images import image_data, load_images
 from .errors import KDMError
-from .image_api import image_data
+from .evaluate import run_teacher
 from .io import write_json
 from .metrics.extractors import build_extractor, load_or_train_classifier
 from .metrics.images import (
@@ -117,7 +117,7 @@ def evaluate_image_run(run: str | Path, ecfg: EvalConfig | None = None,
     result["kdm"] = {"nfe": gen.nfe, "samples_per_s": _throughput(kdm_batch, ecfg.batch_size),
                      **image_scores(extractor, kdm, ref_feats, ecfg)}
     teacher_out = None
-    teacher = _teacher(gen.meta, gen.device)
+    teacher = run_teacher(gen.meta, gen.device)
     if teacher is not None:
         device = gen.device
 
@@ -129,7 +129,7 @@ def evaluate_image_run(run: str | Path, ecfg: EvalConfig | None = None,
             teacher.sample(noise[i:i + ecfg.batch_size].to(device),
                            None if labels is None else labels[i:i + ecfg.batch_size].to(device))
             .cpu().numpy() for i in range(0, ecfg.n, ecfg.batch_size)])
-        result["teacher"] = {"nfe": teacher.nfe,
+        result["teacher"] = {"nfe": teacher.nfe(),
                              "samples_per_s": _throughput(teacher_batch, ecfg.batch_size),
                              **image_scores(extractor, teacher_out, ref_feats, ecfg)}
         result["kdm"]["paired_mse"] = float(np.mean((kdm - teacher_out) ** 2))
@@ -151,14 +151,6 @@ def evaluate_image_run(run: str | Path, ecfg: EvalConfig | None = None,
     return result
 
 
-def _teacher(meta: dict[str, Any], device: torch.device) -> Any:
-    """The run's teacher on ``device``, or None when it is not on this machine."""
-    path = (meta.get("teacher") or {}).get("path")
-    if not path or not (Path(path) / "run.json").exists():
-        return None
-    return load_teacher(path)[0].to(device)
-
-
 def _grids(gen: OneStepGenerator, teacher: Any, seed: int, out: Path,
            per_row: int = 10) -> dict[str, str]:
     """Teacher vs KDM on the same noise; conditional runs get one row per class."""
@@ -170,7 +162,7 @@ def _grids(gen: OneStepGenerator, teacher: Any, seed: int, out: Path,
     panels = {}
     if teacher is not None:
         y = None if labels is None else labels.to(gen.device)
-        panels[f"teacher (NFE {teacher.nfe})"] = teacher.sample(noise.to(gen.device),
+        panels[f"teacher (NFE {teacher.nfe()})"] = teacher.sample(noise.to(gen.device),
                                                                 y).cpu().numpy()
     panels[gen.label] = gen.map(noise, labels)
     return {"samples": str(plots.image_grids(panels, out / "samples.png", per_row, rows))}

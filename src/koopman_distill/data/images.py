@@ -23,7 +23,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -33,7 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import Config
 from ..errors import KDMError, first_line
+from ..io import atomic_write
 from ..resources import check_memory
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -115,6 +116,21 @@ def load_images(source: str, resolution: int, channels: int | None = None,
     desc += (f", {native}x{native} -> {resolution}x{resolution} ({how}), "
              f"{images.shape[1]} channel(s)")
     return ImageData(images=images, labels=labels, num_classes=num_classes, source=desc)
+
+
+def image_data(cfg: Config, split: str = "train") -> ImageData:
+    """The dataset named by ``cfg.data`` at its resolution; ``data.n`` > 0 keeps a seeded
+    subset of that many images (train split only)."""
+    d = cfg.data
+    data = load_images(d.source, d.resolution, d.channels or None, split)
+    if d.conditional and data.labels is None:
+        raise KDMError(f"data.conditional is set but {d.source} has no labels; give a "
+                       "labelled dataset or set data.conditional=false")
+    if split == "train" and 0 < d.n < len(data.images):
+        keep = np.sort(np.random.default_rng(d.seed).choice(len(data.images), d.n, False))
+        data.images = data.images[keep]
+        data.labels = None if data.labels is None else data.labels[keep]
+    return data
 
 
 def _parse_source(source: str) -> tuple[str, str | None]:
@@ -446,7 +462,7 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> Path:
-    """Write ``array`` as an IDX file atomically (temp file + ``os.replace``).
+    """Write ``array`` as an IDX file atomically (:func:`~..io.atomic_write`).
 
     Supported dtypes: uint8, int8, int16, int32, float32, float64; other integer arrays are
     stored as int32 when their values fit. A path ending in ``.gz`` is gzip-compressed.
@@ -472,21 +488,5 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
         + np.ascontiguousarray(arr, arr.dtype.newbyteorder(">")).tobytes()
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
-    _atomic_write(path, payload)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
     return path
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write bytes to a temporary file beside ``path``, then rename it into place."""
-    if not path.parent.is_dir():
-        raise KDMError(f"directory not found: {path.parent}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

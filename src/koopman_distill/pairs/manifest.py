@@ -185,10 +185,7 @@ def _check_descriptions(m: dict, bad: Callable[[str], KDMError]) -> None:
     if not (m["config"] is None or isinstance(m["config"], dict)):
         raise bad(f"config {m['config']!r} is not an object or null")
     teacher, sampler = m["teacher"], m["sampler"]
-    if not isinstance(teacher.get("path", ""), str):
-        raise bad(f"teacher path {teacher['path']!r} is not a string")
-    if not (_is_int(teacher.get("num_classes", 0)) and teacher.get("num_classes", 0) >= 0):
-        raise bad(f"teacher num_classes {teacher['num_classes']!r} is not a count")
+    _check_teacher(teacher, bad)
     if not isinstance(sampler.get("method", ""), str):
         raise bad(f"sampler method {sampler['method']!r} is not a string")
     if not (_is_int(sampler.get("steps", 1)) and sampler.get("steps", 1) > 0):
@@ -196,6 +193,32 @@ def _check_descriptions(m: dict, bad: Callable[[str], KDMError]) -> None:
     scale = sampler.get("noise_scale", 1.0)
     if not (_is_number(scale) and scale > 0):
         raise bad(f"sampler noise_scale {scale!r} is not a positive number")
+
+
+def _check_teacher(teacher: dict, bad: Callable[[str], KDMError]) -> None:
+    """The teacher entry: its identity (``teacher.identity()``: kind, num_classes, checkpoint,
+    weights_sha256, sampler, nfe) and the ``spec`` that rebuilds it, each field optional (an
+    imported store knows little of its teacher) but of its type where present; ``path`` is
+    where stores written before specs named the teacher run."""
+    for key in ("kind", "path", "checkpoint"):
+        if not (isinstance(teacher.get(key, ""), str)
+                or (key == "checkpoint" and teacher[key] is None)):  # a teacher built in memory
+            raise bad(f"teacher {key} {teacher[key]!r} is not a string")
+    if not (_is_int(teacher.get("num_classes", 0)) and teacher.get("num_classes", 0) >= 0):
+        raise bad(f"teacher num_classes {teacher['num_classes']!r} is not a count")
+    nfe = teacher.get("nfe")
+    if not (nfe is None or (_is_int(nfe) and nfe >= 0)):
+        raise bad(f"teacher nfe {nfe!r} is not a count")
+    sha = teacher.get("weights_sha256")
+    if not (sha is None or (isinstance(sha, str) and _SHA256_RE.fullmatch(sha))):
+        raise bad(f"teacher weights_sha256 {sha!r} is not a sha256 hex digest")
+    if not isinstance(teacher.get("sampler", {}), dict):
+        raise bad(f"teacher sampler {teacher['sampler']!r} is not an object")
+    spec = teacher.get("spec", {"kind": teacher.get("kind", "")})
+    if not (isinstance(spec, dict) and isinstance(spec.get("kind"), str)):
+        raise bad(f"teacher spec {spec!r} is not an object with a kind")
+    if "kind" in teacher and spec["kind"] != teacher["kind"]:
+        raise bad(f"teacher spec kind {spec['kind']!r} is not the teacher's {teacher['kind']!r}")
 
 
 def _check_shard(s: dict, count: int, size: int, dtypes: dict,

@@ -22,7 +22,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -50,8 +50,8 @@ from .manifest import (
     store_bytes,
 )
 
-__all__ = ["FORMAT_VERSION", "PairStore", "draw_seeded_noise", "seeded_noise", "shard_seed",
-           "write_arrays", "write_pairs"]
+__all__ = ["FORMAT_VERSION", "PairStore", "draw_noise", "draw_seeded_noise", "seeded_noise",
+           "shard_seed", "write_arrays", "write_pairs"]
 
 _SEED_STRIDE = 1_000_003
 _DATA_RE = re.compile(r"(noise|clean|label|noise_seed)-\d{5,}\.npy")
@@ -85,6 +85,20 @@ def draw_seeded_noise(g: torch.Generator, count: int, shape: tuple[int, ...],
     return seeds, torch.from_numpy(seeded_noise(seeds.numpy(), shape, sigma_max))
 
 
+def draw_noise(g: torch.Generator, count: int, shape: tuple[int, ...], std: float,
+               seeded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A shard's x_T (count, *shape) with std ``std`` from ``g``, and its per-pair seeds.
+
+    ``seeded`` (a store that keeps seeds instead of noise): one seed per pair from ``g`` and
+    the noise regenerated from each (:func:`draw_seeded_noise`); otherwise one draw of all the
+    noise at once, and no seeds. The store's reader regenerates seeded noise bit for bit.
+    """
+    if seeded:
+        seeds, noise = draw_seeded_noise(g, count, shape, std)
+        return noise, seeds
+    return std * torch.randn(count, *shape, generator=g), None
+
+
 class PairStore:
     """Read-only view of a complete pair store.
 
@@ -107,6 +121,8 @@ class PairStore:
         check_manifest(self.manifest, manifest_path)
         self.shape: tuple[int, ...] = tuple(self.manifest["shape"])
         self.sigma_max: float = float(self.manifest["sigma_max"])
+        # std of the stored x_T: pairs may be drawn wider than sampling's noise
+        self.noise_std: float = self.sigma_max * self.manifest["sampler"].get("noise_scale", 1.0)
         self.has_labels: bool = "label" in self.manifest["dtypes"]
         self.seeded: bool = "noise_seed" in self.manifest["dtypes"]  # x_T regenerated
         self._names = [n for n in ARRAY_NAMES if n in self.manifest["dtypes"]]
@@ -136,7 +152,7 @@ class PairStore:
         """``arrays`` with ``noise`` regenerated from ``noise_seed`` in seeded stores."""
         if not self.seeded:
             return arrays
-        out = {"noise": seeded_noise(arrays["noise_seed"], self.shape, self.sigma_max)}
+        out = {"noise": seeded_noise(arrays["noise_seed"], self.shape, self.noise_std)}
         return {**out, **arrays}
 
     def shard_arrays(self, i: int) -> dict[str, np.ndarray]:
@@ -198,35 +214,6 @@ class PairStore:
             for name, dst in out.items():
                 dst[pos] = arrays[name][row[pos]]
         return self._with_noise(out)
-
-    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-        """The shuffled example order of ``epoch`` (N,): ``default_rng((seed, epoch))``'s
-        permutation. Every shard is opened first, so that N is the files' count, not only the
-        manifest's."""
-        for i in range(self.num_shards):
-            self.shard_arrays(i)
-        return np.random.default_rng((seed, epoch)).permutation(len(self))
-
-    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, rank: int = 0,
-                world_size: int = 1, drop_last: bool = True, start: int = 0
-                ) -> Iterator[dict[str, np.ndarray]]:
-        """One epoch of batches ``{name: (B, *shape)}`` for process ``rank`` of ``world_size``.
-
-        The epoch's order is ``np.random.default_rng((seed, epoch)).permutation(N)``, of which
-        this rank takes ``[rank::world_size]``. With ``drop_last`` every rank yields the same
-        number, ``(N // world_size) // batch_size``, of full batches (keeps DDP ranks in step);
-        without it a rank also yields its short last batch. ``start`` skips that many batches
-        (to resume mid-epoch).
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        mine = self.epoch_order(seed, epoch)[rank::world_size]
-        if drop_last:
-            mine = mine[:(len(self) // world_size) // batch_size * batch_size]
-        return (self._gather(mine[s:s + batch_size])
-                for s in range(start * batch_size, len(mine), batch_size))
 
     def verify(self, deep: bool = False) -> list[str]:
         """Recompute every shard file's sha256; one line per problem (empty list: all intact).
@@ -511,7 +498,8 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
     and move it to the device afterwards, so that shards do not depend on the device.
     ``clean_dtype`` float16 halves the clean arrays; ``store_noise=False`` keeps per-pair
     seeds instead of the noise: ``generate`` must then also return ``"noise_seed"`` and draw
-    the noise with :func:`draw_seeded_noise`. ``labels``: whether ``generate`` returns labels
+    the noise with :func:`draw_noise` (``seeded``), its std ``sigma_max`` times the
+    ``sampler``'s ``noise_scale`` (default 1). ``labels``: whether ``generate`` returns labels
     (counted in the disk estimate). With ``reports_progress`` it is called as
     ``generate(g, count, advance)`` and calls ``advance(k)`` after each ``k`` pairs it
     finished, so that the progress bar (in pairs) moves within a shard.
@@ -550,6 +538,7 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
     writer = on_main(open_store)
     if isinstance(writer, PairStore):
         return writer
+    noise_std = fresh["sigma_max"] * fresh["sampler"].get("noise_scale", 1.0)
     bar = tqdm(total=n, initial=sum(s["count"] for s in writer.manifest["shards"]),
                desc="pairs", unit="pair", disable=not (progress and is_main()))
 
@@ -565,7 +554,7 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
         bar.update(count - moved[0])
         where = f"teacher output for shard {i}"
         arrays = _as_shard(result, count, shape, where, out, clean_dtype)
-        return _keep_noise_or_seeds(arrays, store_noise, sigma_max, where)
+        return _keep_noise_or_seeds(arrays, store_noise, noise_std, where)
 
     todo = (i for i in range(num_shards(n, shard_size)) if i not in writer.done)
     while this_round := list(itertools.islice(todo, world_size())):  # a shard per process

@@ -10,13 +10,18 @@ sampling integrates it from ``sigma_max`` (pure noise of std ``sigma_max``) down
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import Config
+from ..data.images import image_data
 from ..errors import KDMError
+from ..models.unet import UNet
 from ..training import rng
+from .trained import TrainedTeacher, check_solver
 
 # D(x (B, ...), sigma (B,), labels (B, label_dim) or None) -> (B, ...)
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -120,25 +125,60 @@ def heun_sample(denoiser: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor,
     return x
 
 
-class EDMTeacher(nn.Module):
-    """EDM-trained image teacher following the trainer protocol (``loss``, ``sample``, ``nfe``).
+class EDMTeacher(TrainedTeacher, nn.Module):
+    """EDM-trained image teacher: the :class:`~..protocols.Teacher` protocol plus ``loss``.
 
     ``net(x (B, C, R, R), t (B,), labels (B, num_classes) or None) -> (B, C, R, R)`` is the raw
-    network F, wrapped in :class:`EDMPrecond`. ``num_classes = 0`` is unconditional; otherwise
-    int labels (B,) become one-hot (B, num_classes) and are required.
+    network F, wrapped in :class:`EDMPrecond`; ``shape`` is one image's (C, R, R).
+    ``num_classes = 0`` is unconditional; otherwise int labels (B,) become one-hot
+    (B, num_classes) and are required. ``steps`` and ``solver`` (heun or euler on the Karras
+    schedule) are the sampler's defaults.
     """
 
-    def __init__(self, net: nn.Module, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                 rho: float = 7.0, steps: int = 18, sigma_data: float = 0.5,
-                 P_mean: float = -1.2, P_std: float = 1.2, num_classes: int = 0):
+    kind = "edm-unet"
+    SOLVERS = ("heun", "euler")
+
+    def __init__(self, net: nn.Module, shape: tuple[int, ...], sigma_min: float = 0.002,
+                 sigma_max: float = 80.0, rho: float = 7.0, steps: int = 18,
+                 sigma_data: float = 0.5, P_mean: float = -1.2, P_std: float = 1.2,
+                 num_classes: int = 0, solver: str = "heun"):
         super().__init__()
         karras_sigmas(steps, sigma_min, sigma_max, rho)  # validates the schedule
         if num_classes < 0:
             raise KDMError(f"num_classes must be >= 0, got {num_classes}")
         self.precond = EDMPrecond(net, sigma_data)
+        self.shape = tuple(int(s) for s in shape)
         self.sigma_min, self.sigma_max, self.rho, self.steps = sigma_min, sigma_max, rho, steps
         self.sigma_data, self.P_mean, self.P_std = sigma_data, P_mean, P_std
         self.num_classes = num_classes
+        self.solver = check_solver(solver, self.SOLVERS, "EDM")
+
+    @classmethod
+    def training_data(cls, cfg: Config) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Training tensors ``{"image": (N, C, R, R) in [-1, 1], "label": (N,)}`` (labels only
+        when conditional) and the run metadata describing them."""
+        if not cfg.data.resolution:
+            raise KDMError("teacher.kind=edm learns images but data.resolution is 0 (vectors); "
+                           "set data.resolution to the image side, or teacher.kind=flow")
+        data = image_data(cfg)
+        k = data.num_classes if cfg.data.conditional else 0
+        tensors = {"image": torch.from_numpy(data.images)}
+        if k:
+            tensors["label"] = torch.from_numpy(data.labels)
+        meta = {"kind": "teacher", "teacher": "edm", "shape": list(data.images.shape[1:]),
+                "num_classes": k, "n_data": len(data.images), "data_source": data.source,
+                "sigma_max": cfg.teacher.sigma_max}
+        return tensors, meta
+
+    @classmethod
+    def from_config(cls, cfg: Config, meta: dict[str, Any]) -> EDMTeacher:
+        """An untrained teacher (a UNet of ``cfg.teacher.unet``) for the run ``meta`` describes."""
+        t, u, shape, k = cfg.teacher, cfg.teacher.unet, meta["shape"], meta["num_classes"]
+        net = UNet(shape[1], shape[0], shape[0], u.channels, tuple(u.channel_mult), u.num_blocks,
+                   tuple(u.attn_resolutions), u.dropout, k)
+        return cls(net, shape, sigma_min=t.sigma_min, sigma_max=t.sigma_max, rho=t.rho,
+                   steps=t.steps, sigma_data=t.sigma_data, P_mean=t.P_mean, P_std=t.P_std,
+                   num_classes=k, solver=t.sampler)
 
     def one_hot(self, labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
         """Int labels (B,) -> one-hot (B, num_classes) in x's dtype; None if unconditional."""
@@ -170,18 +210,25 @@ class EDMTeacher(nn.Module):
         loss = edm_loss(self.precond, x0, labels, self.P_mean, self.P_std, self.sigma_data)
         return loss, {"edm": loss.item()}
 
-    @property
-    def nfe(self) -> int:
-        return heun_nfe(self.steps)
+    def nfe(self, steps: int | None = None, solver: str | None = None) -> int:
+        """Denoiser evaluations per sample: ``2 steps - 1`` for heun, ``steps`` for euler."""
+        steps = self.steps if steps is None else steps
+        if check_solver(solver or self.solver, self.SOLVERS, "EDM") == "euler":
+            karras_sigmas(steps)  # validates steps
+            return steps
+        return heun_nfe(steps)
+
+    def sampler(self) -> dict[str, Any]:
+        return {**super().sampler(), "schedule": "karras", "sigma_min": self.sigma_min,
+                "sigma_max": self.sigma_max, "rho": self.rho}
 
     @torch.no_grad()
-    def sample(self, noise: torch.Tensor, labels: torch.Tensor | None = None,
-               steps: int | None = None, method: str = "heun") -> torch.Tensor:
+    def sample(self, noise: torch.Tensor, labels: torch.Tensor | None = None, *,
+               steps: int | None = None, solver: str | None = None) -> torch.Tensor:
         """Deterministic map of noise (B, C, R, R) with std sigma_max to images (B, C, R, R);
-        ``steps`` defaults to the teacher's; ``method`` heun (2 steps - 1 NFE) or euler
-        (``steps`` NFE) on the same Karras schedule."""
-        if method not in ("heun", "euler"):
-            raise KDMError(f"unknown EDM sampler {method!r}; choose heun or euler")
+        ``steps`` and ``solver`` (heun: 2 steps - 1 NFE, euler: ``steps`` NFE, on the same
+        Karras schedule) default to the teacher's."""
+        solver = check_solver(solver or self.solver, self.SOLVERS, "EDM")
         _check_images(noise, "noise")
         if labels is not None and not self.num_classes:
             raise KDMError("this EDM teacher is unconditional (num_classes=0) but labels were "
@@ -189,7 +236,7 @@ class EDMTeacher(nn.Module):
         steps = self.steps if steps is None else steps
         sigmas = karras_sigmas(steps, self.sigma_min, self.sigma_max, self.rho)
         return heun_sample(self.precond, noise, sigmas, self.one_hot(labels, noise),
-                           second_order=method == "heun")
+                           second_order=solver == "heun")
 
 
 def _check_images(x: torch.Tensor, name: str) -> None:

@@ -1,6 +1,6 @@
 """The generic trainer shared by teachers, KDM and baselines."""
 
-from .data import TensorBatches
+from .data import Batches
 from .trainer import Trainer
 
-__all__ = ["TensorBatches", "Trainer"]
+__all__ = ["Batches", "Trainer"]

@@ -8,7 +8,7 @@ adversary has a ``critic`` submodule and ``critic_loss(batch)``, called right af
 pass, so the generator's gradient uses the critic as it was before this step.
 
 Under ``torchrun`` every process runs this loop on its rows of each global batch (the data
-source splits it, see :class:`.data.TensorBatches`), optionally cut further into
+source splits it, see :class:`.data.Batches`), optionally cut further into
 ``cfg.micro_batch``-row micro-batches whose gradients are accumulated; gradients and logged
 values are then averaged over processes, so all processes take the same step. Per-example noise
 drawn through :mod:`.rng` is the same however the batch is split, so such a run follows the
