@@ -444,9 +444,13 @@ CASES: list[Case] = [
          "give --n N (>= 1)"),
     Case("output not .npy", lambda w: ["sample", w.run, "--n", "3", "--out", w.p("o.txt")],
          "must end in .npy"),
-    Case("teacher data of the wrong width", lambda w: [
+    Case("teacher data of one dimension", lambda w: [
         "teacher", "train", "--preset", "checkerboard-tiny", "--out", w.p("t"),
-        "--data", w.npy("d.npy", np.zeros((10, 3), np.float32))], "must have shape (N, 2)"),
+        "--data", w.npy("d.npy", np.zeros(10, np.float32))], "must have shape (N, D), got (10,)"),
+    Case("teacher data of width 0", lambda w: [
+        "teacher", "train", "--preset", "checkerboard-tiny", "--out", w.p("t"),
+        "--data", w.npy("d.npy", np.zeros((10, 0), np.float32))],
+        "must have shape (N, D), got (10, 0)"),
     Case("teacher data with NaN", lambda w: [
         "teacher", "train", "--preset", "checkerboard-tiny", "--out", w.p("t"),
         "--data", w.npy("d.npy", _nan_rows())], "3 rows with NaN/inf"),
@@ -584,9 +588,6 @@ CASES: list[Case] = [
     Case("--n and pairs.n together", lambda w: [
         "pairs", "--teacher", w.teacher, "--out", w.p("o"), "--n", "300",
         "--set", "pairs.n=400"], "give --n or --set pairs.n, not both"),
-    Case("seeded noise for a 2-D teacher", lambda w: [
-        "pairs", "--teacher", w.teacher, "--out", w.p("o"), "--set", "pairs.store_noise=false"],
-        "pairs.store_noise=false is for image teachers"),
     Case("verify a store with NaN (checksum updated)", lambda w: ["pairs", "verify", w.store_shard(
         "clean-00001.npy", _nan_shard(w), reseal=True)],
         "clean-00001.npy has 1 non-finite values (NaN/inf), at example indices [203]"),

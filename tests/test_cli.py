@@ -86,8 +86,8 @@ def test_pairs_noise_scale_widens_only_the_pairs_noise(tiny, tmp_path, capsys):
     pairs = wide.load()
     np.testing.assert_array_equal(pairs["noise"], 2 * base.load()["noise"])  # same seeds
     teacher, tcfg = load_teacher(tiny["teacher"])
-    x0 = teacher.sample(torch.from_numpy(pairs["noise"][:16]), tcfg.teacher.sampler,
-                        tcfg.teacher.steps).numpy()
+    x0 = teacher.sample(torch.from_numpy(pairs["noise"][:16]), steps=tcfg.teacher.steps,
+                        solver=tcfg.teacher.sampler).numpy()
     np.testing.assert_allclose(pairs["clean"][:16], x0, atol=1e-5)
     # a student trained on them samples N(0, sigma_max^2) noise; eval says the pairs are wider
     assert kdm("train", "--preset", "checkerboard-tiny", "--pairs", out, "--out",
@@ -191,6 +191,7 @@ def test_bad_inputs_one_line_errors(tiny, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     np.save(bad / "shape.npy", np.zeros((10, 3), np.float32))
+    np.save(bad / "flat.npy", np.zeros(10, np.float32))
     arr = np.zeros((10, 2), np.float32)
     arr[[2, 7], 1] = np.nan
     arr[4, 0] = np.inf
@@ -199,8 +200,8 @@ def test_bad_inputs_one_line_errors(tiny, tmp_path):
     cases = [
         (["teacher", "train", "--out", tmp_path / "t1", "--data", bad / "missing.npy"],
          ["not found", "missing.npy"], tmp_path / "t1"),
-        (["teacher", "train", "--out", tmp_path / "t2", "--data", bad / "shape.npy"],
-         ["must have shape (N, 2)", "(10, 3)"], tmp_path / "t2"),
+        (["teacher", "train", "--out", tmp_path / "t2", "--data", bad / "flat.npy"],
+         ["must have shape (N, D)", "(10,)"], tmp_path / "t2"),
         (["teacher", "train", "--out", tmp_path / "t3", "--data", bad / "nan.npy"],
          ["3 rows with NaN/inf", "rows 2, 4, 7"], tmp_path / "t3"),
         (["teacher", "train", "--out", tmp_path / "t4", "--data", bad / "garbage.npy"],

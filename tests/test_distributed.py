@@ -19,9 +19,8 @@ from torch import nn
 
 from koopman_distill.config import TrainConfig
 from koopman_distill.errors import KDMError
-from koopman_distill.image_api import StoreBatches
 from koopman_distill.pairs import PairStore, write_pairs
-from koopman_distill.training import TensorBatches, Trainer, rng
+from koopman_distill.training import Batches, Trainer, rng
 from koopman_distill.training.data import rank_batch_size
 from koopman_distill.training.distributed import is_main, on_main, rank, world_size
 from koopman_distill.training.trainer import seed_everything
@@ -119,7 +118,7 @@ def train_toy(run_dir: Path, **kw) -> Trainer:
     seed_everything(3)
     cfg = TrainConfig(steps=12, batch_size=32, lr=3e-3, ema_decay=0.9, log_every=1,
                       ckpt_every=6, eval_every=0, progress=False, **kw)
-    data = TensorBatches(toy_pairs(), rank_batch_size(cfg.batch_size), 1, rank(), world_size())
+    data = Batches(toy_pairs(), rank_batch_size(cfg.batch_size), 1, rank(), world_size())
     t = Trainer(Toy(), data, cfg, run_dir)
     t.fit()
     return t
@@ -224,8 +223,9 @@ def test_ranks_split_each_global_batch(tiny):
     """Rank r of W reads rows r*b:(r+1)*b of the batch one process reads with b*W."""
     store = PairStore(tiny["pairs"])
     tensors = {"i": torch.arange(100)}
-    for make in (lambda b, r, w: StoreBatches(store, b, 3, r, w),
-                 lambda b, r, w: TensorBatches(tensors, b, 3, r, w)):
+    for make in (lambda b, r, w: Batches(store, b, 3, r, w, memory_budget=0),  # streamed
+                 lambda b, r, w: Batches(store, b, 3, r, w),  # read into memory
+                 lambda b, r, w: Batches(tensors, b, 3, r, w)):
         one = make(24, 0, 1)
         ranks = [make(8, r, 3) for r in range(3)]
         for _ in range(30):  # several epochs

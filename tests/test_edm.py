@@ -163,7 +163,7 @@ def fixed_loss(teacher, batch):
 @pytest.mark.parametrize("num_classes", [0, 3])
 def test_teacher_trains_and_samples(num_classes):
     torch.manual_seed(0)
-    teacher = EDMTeacher(TinyNet(2, num_classes), num_classes=num_classes)
+    teacher = EDMTeacher(TinyNet(2, num_classes), (2, 8, 8), num_classes=num_classes)
     grid = torch.linspace(-1, 1, 8)
     image = torch.stack([grid.view(1, 8).expand(8, 8), grid.view(8, 1).expand(8, 8)])
     batch = {"image": image.expand(16, -1, -1, -1).clone(), "label": torch.arange(16) % 3}
@@ -182,11 +182,11 @@ def test_teacher_trains_and_samples(num_classes):
     out = teacher.sample(noise, labels, steps=4)
     assert out.shape == (5, 2, 8, 8) and torch.isfinite(out).all() and not out.requires_grad
     assert torch.equal(out, teacher.sample(noise, labels, steps=4))  # deterministic
-    assert teacher.nfe == 35
+    assert teacher.nfe() == 35 and teacher.nfe(4) == 7 and teacher.nfe(4, "euler") == 4
 
 
 def test_teacher_label_errors():
-    cond = EDMTeacher(TinyNet(1, 3), num_classes=3)
+    cond = EDMTeacher(TinyNet(1, 3), (1, 8, 8), num_classes=3)
     image = torch.zeros(2, 1, 8, 8)
     with pytest.raises(KDMError, match="labels are required"):
         cond.loss({"image": image})
@@ -196,14 +196,14 @@ def test_teacher_label_errors():
         cond.sample(image, torch.zeros(2))
     with pytest.raises(KDMError, match=r"\[0, 3\)"):
         cond.sample(image, torch.tensor([0, 3]), steps=2)
-    uncond = EDMTeacher(TinyNet(1))
+    uncond = EDMTeacher(TinyNet(1), (1, 8, 8))
     with pytest.raises(KDMError, match="unconditional"):
         uncond.sample(image, torch.tensor([0, 1]))
     uncond.loss({"image": image, "label": torch.tensor([0, 1])})  # data labels are ignored
     with pytest.raises(KDMError, match=r"\(B, C, R, R\)"):
         uncond.loss({"image": torch.zeros(2, 64)})
     with pytest.raises(KDMError, match="num_classes"):
-        EDMTeacher(TinyNet(1), num_classes=-1)
+        EDMTeacher(TinyNet(1), (1, 8, 8), num_classes=-1)
 
 
 def test_euler_is_first_order_with_one_call_per_step():

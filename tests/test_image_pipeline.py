@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import kdm, kdm_proc, read_json
 
-from koopman_distill.api import load_run, train_kdm
+from koopman_distill.api import load_run, load_teacher, train_kdm
 from koopman_distill.config import apply_overrides, preset
 from koopman_distill.errors import KDMError
 from koopman_distill.models.kdm_image import ImageKDM, param_count
@@ -45,7 +45,9 @@ def test_digits_pipeline_end_to_end(digits, capsys) -> None:
     m = store.manifest
     assert store.shape == SHAPE and len(store) == 96 and store.seeded and store.has_labels
     assert m["dtypes"] == {"clean": "float16", "label": "int64", "noise_seed": "int64"}
-    assert m["nfe"] == 7 and m["sampler"]["method"] == "heun-karras"  # 4 Heun steps
+    assert m["nfe"] == 7 and m["sampler"] == {  # 4 Heun steps on the Karras schedule
+        "method": "heun", "steps": 4, "schedule": "karras", "sigma_min": 0.002,
+        "sigma_max": 80.0, "rho": 7.0}
     assert m["teacher"]["kind"] == "edm-unet" and m["teacher"]["num_classes"] == 10
     arrays = store.load()
     assert arrays["noise"].shape == (96, *SHAPE)
@@ -116,10 +118,17 @@ def test_image_bad_input(digits, tmp_path) -> None:
     p = kdm_proc("eval", digits["kdm"], "--set", "eval.extractor=inception", "--set",
                  "eval.extractor_weights=/nonexistent/pt_inception.pth", "--out", tmp_path / "e")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "never downloaded" in p.stderr
-    p = kdm_proc("pairs", "--teacher", digits["teacher"], "--out", tmp_path / "wide",
-                 "--set", "pairs.noise_scale=2")
-    assert p.returncode == 2 and "pairs.noise_scale is for 2-D teachers" in p.stderr
-    assert not (tmp_path / "wide").exists()
+    # pairs of an image teacher drawn wider: the same seeds, twice the noise
+    assert kdm("pairs", "--teacher", digits["teacher"], "--out", tmp_path / "wide",
+               "--set", "pairs.noise_scale=2") == 0
+    wide, base = PairStore(tmp_path / "wide"), PairStore(digits["pairs"])
+    assert wide.manifest["sampler"]["noise_scale"] == 2.0 and wide.sigma_max == 80.0
+    np.testing.assert_array_equal(wide.load()["noise"], 2 * base.load()["noise"])
+    np.testing.assert_array_equal(wide.load()["label"], base.load()["label"])
+    teacher = load_teacher(digits["teacher"])[0]
+    pairs = wide.load(np.arange(4))
+    x0 = teacher.sample(torch.from_numpy(pairs["noise"]), torch.from_numpy(pairs["label"]))
+    np.testing.assert_allclose(pairs["clean"], x0.numpy(), atol=2e-3)  # float16 clean
 
 
 def test_seeded_float16_store_round_trip_and_resume(tmp_path) -> None:
@@ -184,12 +193,12 @@ def test_image_kdm_critic_and_control_train(tmp_path) -> None:
             "label": torch.randint(0, 10, (64,), generator=g)}
 
     def run(out: Path, steps: int, resume: bool = False) -> ImageKDM:
-        from koopman_distill.training import TensorBatches
+        from koopman_distill.training import Batches
 
         torch.manual_seed(0)
         model = ImageKDM(SHAPE, cfg.model, 80.0, num_classes=10)
         cfg.train.steps = steps
-        t = Trainer(model, TensorBatches(data, 16, seed=0), cfg.train, out)
+        t = Trainer(model, Batches(data, 16, seed=0), cfg.train, out)
         if resume:
             t.resume()
         t.fit()
@@ -262,12 +271,12 @@ def test_full_size_configs_take_two_steps(name: str, tmp_path) -> None:
             "clean": torch.rand(4, 3, R, R, generator=g) * 2 - 1}
     if classes:
         data["label"] = torch.tensor([0, 3, 5, 9])
-    from koopman_distill.training import TensorBatches
+    from koopman_distill.training import Batches
 
     torch.manual_seed(0)
     model = ImageKDM((3, R, R), cfg.model, 80.0, classes)
     before = model.K.matrix().detach().clone()
-    Trainer(model, TensorBatches(data, 2), cfg.train, tmp_path).fit()
+    Trainer(model, Batches(data, 2), cfg.train, tmp_path).fit()
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"])
     assert not torch.equal(before, model.K.matrix())

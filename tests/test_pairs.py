@@ -13,6 +13,7 @@ import torch
 from koopman_distill.errors import KDMError
 from koopman_distill.pairs import FORMAT_VERSION, PairStore, write_arrays, write_pairs
 from koopman_distill.pairs.store import shard_seed
+from koopman_distill.training import Batches
 
 A = torch.tensor([[1.5, 0.5], [-0.3, 2.0]])
 B = torch.tensor([0.1, -0.2])
@@ -76,30 +77,46 @@ def _index_of(store: PairStore):
     return lambda b: [table[tuple(r)] for r in b["noise"].tolist()]
 
 
-def test_batches_cover_epoch_and_split_ranks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("budget", [0, None])  # streamed by index, or read into memory
+def test_batches_cover_epoch_and_split_ranks(tmp_path: Path, budget) -> None:
     store = make(tmp_path / "s")
     index = _index_of(store)
-    full = [index(b) for b in store.batches(4, seed=1, epoch=0, drop_last=False)]
-    assert [len(b) for b in full] == [4] * 6 + [1]
-    assert sorted(sum(full, [])) == list(range(25))
-    dropped = [index(b) for b in store.batches(4, seed=1, epoch=0)]
-    assert dropped == full[:6]  # same order, short batch dropped
-    again = [index(b) for b in store.batches(4, seed=1, epoch=0, drop_last=False)]
-    other = [index(b) for b in store.batches(4, seed=1, epoch=1, drop_last=False)]
-    assert again == full and sum(other, []) != sum(full, [])
-    assert sorted(sum(other, [])) == list(range(25))
 
-    ranks = [sum((index(b) for b in store.batches(3, rank=r, world_size=3, drop_last=False)),
-                 []) for r in range(3)]
-    assert sorted(sum(ranks, [])) == list(range(25))
-    assert [len(r) for r in ranks] == [9, 8, 8]
-    # drop_last: every rank yields the same number of full batches (8 // 3 = 2)
-    counts = [[len(b["noise"]) for b in store.batches(3, rank=r, world_size=3)] for r in range(3)]
-    assert counts == [[3, 3]] * 3
-    batch = next(store.batches(5))
+    def epochs(batch_size, rank=0, world_size=1, steps=12):
+        data = Batches(store, batch_size, 1, rank, world_size, memory_budget=budget)
+        assert (data.tensors is None) == (budget == 0)
+        return [index(next(data)) for _ in range(steps)]
+
+    full = epochs(4)  # 6 full batches an epoch, the short 7th dropped
+    first, second = sum(full[:6], []), sum(full[6:], [])
+    assert len(set(first)) == 24 and len(set(second)) == 24 and first != second
+    # the permutation is torch.randperm(N) seeded with seed * 1_000_003 + epoch
+    perm = torch.randperm(25, generator=torch.Generator().manual_seed(1 * 1_000_003 + 1))
+    assert second == perm[:24].tolist()
+    # rank r of 3 takes rows 3r:3r+3 of each global batch of 9
+    ranks = [epochs(3, r, 3, 4) for r in range(3)]
+    whole = epochs(9, steps=4)
+    assert all(sum((ranks[r][i] for r in range(3)), []) == whole[i] for i in range(4))
+    batch = next(Batches(store, 5, memory_budget=budget))
     assert set(batch) == {"noise", "clean", "label"} and batch["clean"].shape == (5, 2)
-    with pytest.raises(ValueError, match="rank 3"):
-        store.batches(2, rank=3, world_size=3)
+    assert batch["clean"].dtype == torch.float32 and batch["label"].dtype == torch.int64
+
+
+def test_batches_resume_exactly(tmp_path: Path) -> None:
+    store = make(tmp_path / "s")
+    data = Batches(store, 4, seed=3, memory_budget=0)
+    for _ in range(5):
+        next(data)
+    state = data.state_dict()
+    assert state == {"epoch": 0, "offset": 20}
+    after = [next(data) for _ in range(4)]  # crosses into epoch 1
+    again = Batches(store, 4, seed=3)
+    again.load_state_dict(state)
+    for a, b in zip(after, [next(again) for _ in range(4)], strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(KDMError, match="batch size 9 is larger than the 8 examples per "
+                                       "process"):
+        Batches(store, 9, world_size=3)
 
 
 def test_resume_is_bitwise_identical(tmp_path: Path) -> None:

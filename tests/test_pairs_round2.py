@@ -30,6 +30,7 @@ from koopman_distill.errors import KDMError
 from koopman_distill.io import sha256_file
 from koopman_distill.pairs import PairStore, write_arrays
 from koopman_distill.pairs import store as store_module
+from koopman_distill.training import Batches
 
 
 def cli(*argv: object) -> tuple[int, str]:
@@ -229,15 +230,15 @@ def test_progress_counts_pairs_within_shards(tmp_path, monkeypatch):
     assert (Bar.made[0].total, sum(Bar.made[0].steps), Bar.made[0].n) == (35, 15, 35)
 
 
-def test_kdm_pairs_moves_within_a_batch(tiny, tmp_path, monkeypatch):
-    """Tiny preset: shards of 200 in batches of 128, Heun x4 = 8 evaluations per batch: the
-    bar moves by 16 pairs per evaluation; the store is bitwise the tiny fixture's."""
+def test_kdm_pairs_moves_per_batch(tiny, tmp_path, monkeypatch):
+    """Tiny preset: 512 pairs in shards of 200, batches of 128: the bar moves after every
+    batch; the store is bitwise the tiny fixture's."""
     monkeypatch.setattr(store_module, "tqdm", Bar)
     Bar.made.clear()
     assert cli("pairs", "--teacher", tiny["teacher"], "--out", tmp_path / "s")[0] == 0
     (bar,) = Bar.made
     assert (bar.total, bar.n) == (512, 512)
-    assert [k for k in bar.steps if k][:9] == [16] * 8 + [9]  # batch 2 of shard 0: 72 pairs
+    assert [k for k in bar.steps if k] == [128, 72, 128, 72, 112]
     for f in tiny["pairs"].iterdir():
         assert f.read_bytes() == (tmp_path / "s" / f.name).read_bytes(), f.name
 
@@ -304,12 +305,10 @@ def test_nan_reports_name_store_and_shard(tmp_path):
     (["--set", "train.steps=5"], "--set train.steps has no effect on `kdm pairs`, which reads "
                                  "only pairs, teacher.steps, teacher.sampler"),
     (["--set", "model.width=8"], "--set model.width has no effect"),
-    (["--set", "train.device=cpu"], "--set train.device has no effect"),  # 2-D: always CPU
     (["--set", "teacher.sigma_max=2"], "--set teacher.sigma_max has no effect"),
     (["--set", "data.n=10"], "--set data.n has no effect"),
     (["--n", "300", "--set", "pairs.n=200"], "give --n or --set pairs.n, not both"),
     (["--seed", "3", "--set", "pairs.seed=4"], "give --seed or --set pairs.seed, not both"),
-    (["--set", "pairs.store_noise=false"], "pairs.store_noise=false is for image teachers"),
 ])
 def test_pairs_refuses_settings_it_would_ignore(tiny, tmp_path, argv, expect):
     line = error_line(*cli("pairs", "--teacher", tiny["teacher"], "--out", tmp_path / "s",
@@ -339,14 +338,14 @@ def test_import_arguments_checked_first(tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["notes.txt"]
 
 
-def test_epoch_order_sized_by_the_files(tmp_path):
+def test_batches_sized_by_the_files(tmp_path):
     """One shard claiming 10**15 examples: refused at its header, not by a huge permutation."""
     store = make(tmp_path / "s", n=25, shard_size=25).path
     edited(store, lambda m: (m.update(count=10**15, shard_size=10**15),
                              m["shards"][0].update(count=10**15)))
     with pytest.raises(KDMError, match=r"noise-00000.npy holds float32 \(25, 2\) but the "
                                        r"manifest says float32 \(1000000000000000, 2\)"):
-        next(PairStore(store).batches(4))
+        Batches(PairStore(store), 4)
 
 
 def test_import_into_its_own_folder_refused(tmp_path):

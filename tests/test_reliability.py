@@ -26,7 +26,7 @@ from koopman_distill.config import TrainConfig
 from koopman_distill.errors import KDMError
 from koopman_distill.io import sha256_file
 from koopman_distill.pairs import store as store_module
-from koopman_distill.training import TensorBatches, Trainer
+from koopman_distill.training import Batches, Trainer
 from koopman_distill.training import checkpoint as ckpt_module
 from koopman_distill.training import trainer as trainer_module
 from koopman_distill.training.checkpoint import latest_checkpoint
@@ -199,7 +199,7 @@ class Flaky(nn.Module):
 def flaky_trainer(run: Path, bad: dict[int, str], **kw) -> Trainer:
     cfg = TrainConfig(steps=60, batch_size=4, lr=0.1, ckpt_every=10, log_every=5,
                       eval_every=0, progress=False, **kw)
-    return Trainer(Flaky(bad), TensorBatches({"x": torch.zeros(8, 1)}, 4), cfg, run)
+    return Trainer(Flaky(bad), Batches({"x": torch.zeros(8, 1)}, 4), cfg, run)
 
 
 def test_nonfinite_steps_are_skipped_counted_and_logged(tmp_path):

@@ -10,7 +10,7 @@ from koopman_distill.config import ModelConfig, TrainConfig, apply_overrides, pr
 from koopman_distill.errors import KDMError
 from koopman_distill.models import KDM
 from koopman_distill.models.kdm_image import ImageKDM
-from koopman_distill.training import TensorBatches, Trainer
+from koopman_distill.training import Batches, Trainer
 from koopman_distill.training.checkpoint import latest_checkpoint, load_state
 from koopman_distill.training.data import Prefetch
 from koopman_distill.training.trainer import seed_everything
@@ -27,7 +27,7 @@ def make(run_dir, evaluate=None, **kw):
     cfg = TrainConfig(**{"steps": 12, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.99,
                          "log_every": 4, "eval_every": 4, "ckpt_every": 4, "progress": False,
                          **kw})
-    return Trainer(model, TensorBatches(pairs(), 64, seed=1), cfg, run_dir, evaluate=evaluate)
+    return Trainer(model, Batches(pairs(), 64, seed=1), cfg, run_dir, evaluate=evaluate)
 
 
 def losses(run_dir):
@@ -66,7 +66,7 @@ def test_prefetch_is_the_same_run_and_resumes_exactly(tmp_path):
 
 
 def test_prefetch_keeps_order_and_position():
-    src, ref = (TensorBatches({"i": torch.arange(20)}, 3, seed=2) for _ in range(2))
+    src, ref = (Batches({"i": torch.arange(20)}, 3, seed=2) for _ in range(2))
     ahead = Prefetch(src, 4)
     for _ in range(5):
         assert torch.equal(next(ahead)["i"], next(ref)["i"])
@@ -109,7 +109,7 @@ def test_channels_last_images(tmp_path):
         torch.manual_seed(0)
         for k, v in kw.items():
             setattr(cfg.train, k, v)
-        t = Trainer(ImageKDM((1, 8, 8), cfg.model, 80.0, 10), TensorBatches(data, 16), cfg.train,
+        t = Trainer(ImageKDM((1, 8, 8), cfg.model, 80.0, 10), Batches(data, 16), cfg.train,
                     out)
         t.fit()
         return t

@@ -11,7 +11,7 @@ from torch import nn
 from koopman_distill.config import ModelConfig, TrainConfig
 from koopman_distill.errors import KDMError
 from koopman_distill.models import KDM
-from koopman_distill.training import TensorBatches, Trainer
+from koopman_distill.training import Batches, Trainer
 from koopman_distill.training.checkpoint import latest_checkpoint
 from koopman_distill.training.ema import EMA
 from koopman_distill.training.trainer import lr_at, seed_everything
@@ -30,7 +30,7 @@ def make(run_dir, evaluate=None, steps=24, sigma_z_schedule="constant", **kw):
     cfg = TrainConfig(steps=steps, batch_size=64, lr=1e-3, lr_schedule="cosine", warmup=3,
                       ema_decay=0.99, log_every=4, eval_every=8, ckpt_every=8,
                       progress=False, **kw)
-    return Trainer(model, TensorBatches(pairs(), 64, seed=1), cfg, run_dir, evaluate=evaluate)
+    return Trainer(model, Batches(pairs(), 64, seed=1), cfg, run_dir, evaluate=evaluate)
 
 
 class Crash(Exception):
@@ -131,7 +131,7 @@ class NaNModel(nn.Module):
 def test_nonfinite_steps_stop_the_run(tmp_path):
     cfg = TrainConfig(steps=100, batch_size=8, max_nonfinite=5, progress=False, log_every=1,
                       ckpt_every=1000)
-    t = Trainer(NaNModel(), TensorBatches({"x": torch.zeros(16, 1)}, 8), cfg, tmp_path)
+    t = Trainer(NaNModel(), Batches({"x": torch.zeros(16, 1)}, 8), cfg, tmp_path)
     with pytest.raises(KDMError, match="5 consecutive non-finite losses or gradients at step 4"):
         t.fit()
     assert t.model.w.item() == 1.0  # never stepped on a NaN
@@ -141,21 +141,21 @@ def test_nonfinite_steps_stop_the_run(tmp_path):
 
 
 def test_batches_resume_and_cover():
-    data = TensorBatches({"i": torch.arange(10)}, 3, seed=5)
+    data = Batches({"i": torch.arange(10)}, 3, seed=5)
     seen = torch.cat([next(data)["i"] for _ in range(3)])
     assert sorted(seen.tolist()) == sorted(set(seen.tolist()))  # one epoch, no repeats
     state = data.state_dict()
     a = [next(data)["i"] for _ in range(4)]
-    data2 = TensorBatches({"i": torch.arange(10)}, 3, seed=5)
+    data2 = Batches({"i": torch.arange(10)}, 3, seed=5)
     data2.load_state_dict(state)
     assert all(torch.equal(x, y) for x, y in zip(a, [next(data2)["i"] for _ in range(4)],
                                                    strict=True))
-    r0 = TensorBatches({"i": torch.arange(12)}, 2, seed=1, rank=0, world_size=2)
-    r1 = TensorBatches({"i": torch.arange(12)}, 2, seed=1, rank=1, world_size=2)
+    r0 = Batches({"i": torch.arange(12)}, 2, seed=1, rank=0, world_size=2)
+    r1 = Batches({"i": torch.arange(12)}, 2, seed=1, rank=1, world_size=2)
     both = torch.cat([next(r)["i"] for r in (r0, r1) for _ in range(3)])
     assert sorted(both.tolist()) == list(range(12))
     with pytest.raises(KDMError, match="batch size 20 is larger than the 10 examples"):
-        TensorBatches({"i": torch.arange(10)}, 20)
+        Batches({"i": torch.arange(10)}, 20)
 
 
 def test_trainer_reports_progress_to_the_latent_noise_schedule(tmp_path):

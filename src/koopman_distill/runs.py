@@ -69,6 +69,14 @@ def check_run_meta(meta: Any, run: Path) -> None:
             raise bad(f"has shape {shape!r}, expected [dim] or [channels, height, width]")
         if not count(meta.get("num_classes")):
             raise bad(f"has num_classes {meta.get('num_classes')!r}")
+    if "standardize" in meta:  # a vector teacher's data: shift and scale (D,) each
+        std, dim = meta["standardize"], (meta.get("shape") or [meta.get("dim")])[0]
+        if not (isinstance(std, dict) and all(
+                isinstance(std.get(k), list) and len(std[k]) == dim
+                and all(number(v) for v in std[k]) for k in ("shift", "scale"))
+                and all(v > 0 for v in std["scale"])):
+            raise bad(f"has standardize {std!r}, expected a shift and a positive scale per "
+                      "coordinate")
     fields = ({"n_data": lambda v: count(v)} if kind == "teacher" else
               {"pairs": lambda v: isinstance(v, str) and v != "",
                "n_pairs": lambda v: count(v, 1),

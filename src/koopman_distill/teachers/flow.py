@@ -110,15 +110,16 @@ class FlowMatchingTeacher(TrainedTeacher, nn.Module):
 
     def nfe(self, steps: int | None = None, solver: str | None = None) -> int:
         """Velocity evaluations per sample: steps times the solver's evaluations per step."""
-        return nfe(solver or self.solver, self.steps if steps is None else steps)
+        solver = check_solver(solver or self.solver, tuple(SAMPLERS), "flow-matching")
+        return nfe(solver, self.steps if steps is None else steps)
 
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, labels: torch.Tensor | None = None, *,
                steps: int | None = None, solver: str | None = None) -> torch.Tensor:
         """Deterministic ODE map of noise x_T (B, dim) with std sigma_max -> x_0 (B, dim) in the
         data's units; ``solver`` euler, midpoint, heun or rk4 (default the teacher's own)."""
+        solver = check_solver(solver or self.solver, tuple(SAMPLERS), "flow-matching")
         if labels is not None:
             raise KDMError("the flow-matching teacher is unconditional; pass no labels")
-        z = ode_sample(self.velocity, noise, self.steps if steps is None else steps,
-                       solver or self.solver)
+        z = ode_sample(self.velocity, noise, self.steps if steps is None else steps, solver)
         return z * self.scale + self.shift
