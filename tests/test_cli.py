@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -322,3 +323,14 @@ def test_version_matches_the_installed_package():
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"kdm {version('koopman-distill')}" == \
         f"kdm {koopman_distill.__version__}"
+
+
+def test_pairs_make_and_its_short_form_make_the_same_store(tiny, tmp_path):
+    from conftest import contents
+
+    assert kdm("pairs", "make", "--teacher", tiny["teacher"], "--out", tmp_path / "p") == 0
+    assert contents(tmp_path / "p") == contents(tiny["pairs"])  # tiny's: `kdm pairs --teacher`
+    proc = kdm_proc("pairs", "--help")
+    assert proc.returncode == 0
+    listed = re.findall(r"^ {4}(\w+) {2,}\S", proc.stdout, re.M)
+    assert listed == ["make", "import", "verify"], proc.stdout
