@@ -12,6 +12,7 @@ import torch
 from conftest import kdm, kdm_proc, read_json
 
 from koopman_distill.api import load_run
+from koopman_distill.io import sha256_file
 from koopman_distill.pairs import PairStore
 
 
@@ -249,13 +250,19 @@ def test_nan_pairs_are_refused_before_training(tiny, tmp_path):
 
     store = tmp_path / "store"
     shutil.copytree(tiny["pairs"], store)
-    shard = sorted(store.glob("clean-*.npy"))[0]
+    shard = store / "clean-00000.npy"
     x = np.load(shard)
     x[3, 0] = np.nan
     np.save(shard, x)
+    # reseal the edited shard as the writer would (sha256 of the file's bytes), so that the
+    # checksum passes and only the NaN check can refuse it
+    m = read_json(store / "manifest.json")
+    m["shards"][0]["sha256"]["clean"] = sha256_file(shard)
+    (store / "manifest.json").write_text(json.dumps(m))
     proc = kdm_proc("train", "--pairs", store, "--out", tmp_path / "r")
-    one_line_error(proc)
-    assert "NaN" in proc.stderr or "non-finite" in proc.stderr or "sha256" in proc.stderr
+    one_line_error(proc, "has 1 non-finite values (NaN/inf) in clean shard 0 at example "
+                   "indices [3]")
+    assert "sha256" not in proc.stderr
     assert not (tmp_path / "r").exists()
 
 
