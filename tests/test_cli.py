@@ -25,7 +25,10 @@ def test_pipeline_artifacts(tiny):
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000020"
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert {"latent", "rec", "push"} <= set(rows[0])
-    assert any("eval/pair_mse" in r for r in rows)
+    assert [r["step"] for r in rows if "loss" in r] == [5, 10, 15, 20]  # log_every 5
+    assert [r["step"] for r in rows if "eval/pair_mse" in r] == [10, 20]  # eval_every 10
+    for r in (r for r in rows if "loss" in r):  # w_latent = w_rec = w_push = 1
+        assert r["loss"] == pytest.approx(r["latent"] + r["rec"] + r["push"], rel=1e-5)
     store = PairStore(tiny["pairs"])
     assert len(store) == 512 and store.manifest["teacher"]["kind"] == "flow-matching-mlp"
     assert store.manifest["config"]["preset"] == "checkerboard-tiny"
