@@ -30,6 +30,7 @@ from .config import (
     preset,
 )
 from .data.arrays import load_array
+from .domains import domain_for
 from .errors import KDMError, Stopped, first_line
 from .io import atomic_write, write_json
 from .runs import read_run
@@ -48,6 +49,9 @@ DEFAULT_PRESET = "checkerboard"
 # default of `kdm pairs`; a KDM run takes its data section from the pair store.
 TEACHER_SECTIONS = ("data", "teacher", "teacher_train", "pairs")
 TRAIN_SECTIONS = ("model", "train", "eval")
+# The setting `kdm pairs` reads besides pairs.* and teacher.steps, by teacher kind: the flow
+# teacher's ODE solver (it runs on the CPU), the EDM teacher's device (its solver is fixed).
+PAIRS_TEACHER_READS = {"flow": "teacher.sampler", "edm": "train.device"}
 
 
 def _config(args: argparse.Namespace, base: Config | None = None) -> Config:
@@ -222,10 +226,8 @@ def cmd_pairs_make(args: argparse.Namespace) -> None:
         raise KDMError(f"{args.teacher} is a {meta['kind']!r} run, not a teacher")
     cfg = _config(args, cfg)
     # what make_pairs reads of the config; other settings would be silently ignored
-    image = len(meta["shape"]) == 3
     check_overrides_act(cfg, args.set or [], (
-        "pairs", "teacher.steps", "train.device" if image else "teacher.sampler"),
-        "kdm pairs")
+        "pairs", "teacher.steps", PAIRS_TEACHER_READS[cfg.teacher.kind]), "kdm pairs")
     keys = override_keys(args.set or [])
     for flag, key, value in (("--n", "pairs.n", args.n), ("--seed", "pairs.seed", args.seed)):
         if value is not None and key in keys:
@@ -339,9 +341,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     shape = tuple(meta["shape"])
     if args.grid and len(shape) != 3:
         raise KDMError("--grid is for image runs; drop it for a 2-D run")
-    if args.n is not None:  # the block is OneStepGenerator.block
-        _sample_chunk(out, args.n, shape, meta.get("num_classes", 0),
-                      65536 if len(shape) == 1 else 256)
+    if args.n is not None:
+        _sample_chunk(out, args.n, shape, meta.get("num_classes", 0), domain_for(shape).block)
     from .api import load_run
 
     gen = load_run(args.run, ema=not args.raw, device=args.device)
