@@ -13,7 +13,6 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,9 @@ from .data.arrays import load_points
 from .data.checkerboard import inside_fraction, sample_checkerboard
 from .errors import KDMError, warn
 from .io import read_json, remove_temp_files, sha256_file, write_json
-from .models import KDM
-from .models.baselines import build_baseline, sampling_path_params, student_label, student_nfe
-from .models.kdm_image import ImageKDM
 from .pairs import PairStore, write_pairs
 from .runs import RUN_FORMAT, read_run
+from .students import build_student, student_label, student_nfe
 from .teachers import FlowMatchingTeacher, nfe, ode_sample
 from .training import TensorBatches, Trainer
 from .training.checkpoint import latest_checkpoint, load_into, load_weights, step_of
@@ -304,20 +301,10 @@ def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:
 
 
 def build_kdm(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
-    """The student of ``cfg.model.method``: KDM, or a baseline sized to KDM's sampling path."""
-    def kdm(model_cfg: Any) -> torch.nn.Module:
-        if _is_image(meta):
-            return ImageKDM(tuple(meta["shape"]), model_cfg, meta["sigma_max"],
-                            meta["num_classes"])
-        return KDM(meta["shape"][0], model_cfg, meta["sigma_max"])
-
-    if cfg.model.method == "kdm":
-        return kdm(cfg.model)
-    with torch.device("meta"):  # only counted; distance and critic do not change the path
-        target = sampling_path_params(kdm(replace(cfg.model, distance="l2", w_adv=0.0)))
-    shape = tuple(meta["shape"])
-    return build_baseline(cfg.model.method, shape, cfg.model, meta["sigma_max"],
-                          int(meta.get("num_classes", 0)), target)
+    """The student of ``cfg.model.method`` for a run's ``meta`` (``shape``, ``sigma_max``,
+    ``num_classes``): KDM, or a baseline sized to KDM's sampling path."""
+    return build_student(cfg.model, meta["shape"], meta["sigma_max"],
+                         int(meta.get("num_classes", 0)))
 
 
 def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
@@ -345,8 +332,9 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
     def evaluate(ema: torch.nn.Module, step: int) -> dict[str, float]:
         with torch.no_grad():
             ema.eval()
-            args = (probe["noise"], probe["label"]) if "label" in probe else (probe["noise"],)
-            res = {"pair_mse": (ema(*args) - probe["clean"]).square().mean().item()}
+            labels = probe["label"] if meta["num_classes"] else None  # a store's may be unused
+            res = {"pair_mse": (ema(probe["noise"], labels) - probe["clean"]).square().mean()
+                   .item()}
             if checkerboard:
                 res["inside"] = inside_fraction(ema(probe_noise).cpu().numpy())
         return res
