@@ -42,9 +42,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..protocols import Objective
 from ..errors import KDMError, Stopped, first_line
 from ..io import atomic_write, remove_temp_files, write_failed
+from ..protocols import Objective
 from . import rng
 from .checkpoint import (
     discard_after,
