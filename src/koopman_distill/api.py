@@ -25,6 +25,7 @@ from .data.arrays import load_points
 from .data.checkerboard import inside_fraction, sample_checkerboard
 from .errors import KDMError, warn
 from .io import read_json, remove_temp_files, sha256_file, write_json
+from .labels import check_labels
 from .pairs import PairStore, write_pairs
 from .runs import RUN_FORMAT, read_run
 from .students import build_student, student_label, student_nfe
@@ -519,7 +520,7 @@ class OneStepGenerator:
         if x.ndim != 1 + len(self.shape) or tuple(x.shape[1:]) != self.shape:
             raise KDMError(f"noise must have shape (N, {', '.join(map(str, self.shape))}), "
                            f"got {tuple(x.shape)}")
-        y = _labels(labels, len(x), self.num_classes)
+        y = check_labels(labels, len(x), self.num_classes)
         bs = batch_size or self.block
         out = []
         for i in range(0, len(x), bs):
@@ -538,7 +539,7 @@ class OneStepGenerator:
         """:meth:`sample` in successive chunks of ``chunk`` rows (see :meth:`spans`), for
         outputs larger than memory: concatenated, they are ``sample(n, seed, labels)`` bit for
         bit (the same noise numbers in the same network batches)."""
-        y = _labels(self.labels(n, seed) if labels is None else labels, n, self.num_classes)
+        y = check_labels(self.labels(n, seed) if labels is None else labels, n, self.num_classes)
         g = torch.Generator().manual_seed(seed)
         for i, j in self.spans(n, chunk):
             x = self._noise_into(torch.empty(j - i, *self.shape), g)
@@ -551,7 +552,7 @@ class OneStepGenerator:
         if noise.ndim != 1 + len(self.shape) or tuple(noise.shape[1:]) != self.shape:
             raise KDMError(f"noise must have shape (N, {', '.join(map(str, self.shape))}), "
                            f"got {tuple(noise.shape)}")
-        y = _labels(labels, len(noise), self.num_classes)
+        y = check_labels(labels, len(noise), self.num_classes)
         for i, j in self.spans(len(noise), chunk):
             yield self.map(noise[i:j], None if y is None else y[i:j])
 
@@ -564,25 +565,6 @@ def _block_spans(n: int, block: int, numel: int) -> list[tuple[int, int]]:
     if len(stops) > 1 and (stops[-1] - stops[-2]) * numel < 16:
         del stops[-2]
     return list(zip([0, *stops[:-1]], stops, strict=True))
-
-
-def _labels(labels: Any, n: int, num_classes: int) -> torch.Tensor | None:
-    """Check class ids for a model with ``num_classes`` classes (0 = unconditional)."""
-    if not num_classes:
-        if labels is not None:
-            raise KDMError("this model is unconditional; do not pass labels")
-        return None
-    if labels is None:
-        raise KDMError(f"this model is class-conditional ({num_classes} classes); pass labels "
-                       "(e.g. --labels FILE.npy or --class K)")
-    y = torch.as_tensor(np.asarray(labels))
-    if y.shape != (n,) or y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise KDMError(f"labels must be {n} integer class ids, got {y.dtype} "
-                       f"{tuple(y.shape)}")
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise KDMError(f"labels must lie in [0, {num_classes}), got values from {int(y.min())} "
-                       f"to {int(y.max())}")
-    return y.long()
 
 
 def load_run(run: str | Path, ema: bool = True, device: str = "cpu") -> OneStepGenerator:
