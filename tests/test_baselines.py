@@ -1,5 +1,6 @@
 """The offline baselines: sizing against KDM's sampling path, the rectified-flow conventions
-(exact on straight paths), training on a closed-form map, and dispatch by ``model.method``."""
+(exact on straight paths), training on a closed-form map, conditioning in every domain, and
+dispatch by ``model.method``."""
 
 import dataclasses
 
@@ -9,36 +10,40 @@ import torch
 from koopman_distill.api import build_kdm
 from koopman_distill.config import ModelConfig, UNetConfig, preset
 from koopman_distill.errors import KDMError
-from koopman_distill.models.baselines import (
-    KDGenerator,
+from koopman_distill.students import (
+    KD,
+    KDM,
     RectifiedFlow,
-    build_baseline,
+    build_student,
+    param_count,
     sampling_path_params,
 )
-from koopman_distill.models.kdm import KDM
-from koopman_distill.models.kdm_image import ImageKDM, param_count
+from koopman_distill.training.rng import GLOBAL
 
 SMALL = ModelConfig(width=32, depth=3, latent_dim=16)
 UNET = UNetConfig(channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[],
                   dropout=0.0)
 
 
-@pytest.mark.parametrize("cls", [KDGenerator, RectifiedFlow])
-def test_vector_baselines_match_kdm_sampling_path(cls):
-    target = sampling_path_params(KDM(2, SMALL, 1.0))
-    model = cls((2,), SMALL, 1.0, 0, target)
-    assert abs(param_count(model, ()) - target) / target < 0.03
+@pytest.mark.parametrize("classes", [0, 3])
+@pytest.mark.parametrize("cls", [KD, RectifiedFlow])
+def test_vector_baselines_match_kdm_sampling_path(cls, classes):
+    target = sampling_path_params(KDM((2,), SMALL, 1.0, classes))
+    model = cls((2,), SMALL, 1.0, classes, target)
+    assert abs(param_count(model) - target) / target < 0.03
+    x, y = torch.randn(5, 2), torch.tensor([0, 1, 2, 0, 1]) if classes else None
+    assert model(x, y).shape == (5, 2)
 
 
-@pytest.mark.parametrize("cls", [KDGenerator, RectifiedFlow])
+@pytest.mark.parametrize("cls", [KD, RectifiedFlow])
 def test_image_baselines_match_kdm_sampling_path(cls):
     cfg = dataclasses.replace(SMALL, unet=UNET, latent_channels=1)
-    kdm = ImageKDM((1, 8, 8), cfg, 80.0, num_classes=10)
+    kdm = KDM((1, 8, 8), cfg, 80.0, num_classes=10)
     target = sampling_path_params(kdm)
-    assert target == param_count(kdm) - param_count(kdm.E_0, ())
+    assert target == param_count(kdm) - param_count(kdm.E_0)
     model = cls((1, 8, 8), cfg, 80.0, 10, target)
     # UNet widths come in steps of 4 channels, so the match is coarser than for MLPs
-    assert abs(param_count(model, ()) - target) / target < 0.15
+    assert abs(param_count(model) - target) / target < 0.15
     x, y = 80.0 * torch.randn(3, 1, 8, 8), torch.tensor([0, 4, 9])
     assert model(x, y).shape == (3, 1, 8, 8)
 
@@ -51,22 +56,23 @@ def test_rectified_sampling_is_exact_on_a_straight_coupling():
     model.velocity = lambda x, t, y: (1 - a) * x / ((1 - t[:, None]) * a + t[:, None])
     x_T = sigma * torch.randn(64, 2, dtype=torch.float64)
     for steps in (1, 2, 4, 7):
-        out = model.generate(x_T, None, steps)
+        out = model.sample(x_T, None, steps=steps)
         torch.testing.assert_close(out, a * x_T / sigma, rtol=1e-12, atol=1e-12)
-    loss, _ = model.loss({"noise": x_T, "clean": a * x_T / sigma})
+    assert model.sampling_steps == (1, 2, 4)
+    loss, _ = model.loss({"noise": x_T, "clean": a * x_T / sigma}, GLOBAL)
     assert loss.item() < 1e-12  # float32 t; a wrong convention gives ~0.5
 
 
 def test_kd_learns_a_linear_map():
     torch.manual_seed(0)
     A = torch.tensor([[0.5, -1.0], [2.0, 0.3]])
-    model = KDGenerator((2,), SMALL, 4.0, 0, 2000)
+    model = KD((2,), SMALL, 4.0, 0, 2000)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x_T = 4.0 * torch.randn(2048, 2)
     batch = {"noise": x_T, "clean": (x_T / 4.0) @ A.T}
-    first = model.loss(batch)[0].item()
+    first = model.loss(batch, GLOBAL)[0].item()
     for _ in range(300):
-        loss, logs = model.loss(batch)
+        loss, logs = model.loss(batch, GLOBAL)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -78,7 +84,7 @@ def test_method_dispatch_and_errors():
     cfg = preset("checkerboard-tiny")
     meta = {"shape": [2], "num_classes": 0, "sigma_max": 1.0}
     assert isinstance(build_kdm(cfg, meta), KDM)
-    for method, cls in (("kd", KDGenerator), ("rectified", RectifiedFlow)):
+    for method, cls in (("kd", KD), ("rectified", RectifiedFlow)):
         cfg.model.method = method
         assert isinstance(build_kdm(cfg, meta), cls)
     cfg.model.method = "consistency"
@@ -86,6 +92,15 @@ def test_method_dispatch_and_errors():
         build_kdm(cfg, meta)
     lp = dataclasses.replace(SMALL, unet=UNET, distance="lpips")
     with pytest.raises(KDMError, match="rectified regresses velocities"):
-        build_baseline("rectified", (1, 8, 8), lp, 80.0, 0, 1000)
+        build_student(dataclasses.replace(lp, method="rectified"), (1, 8, 8), 80.0)
     with pytest.raises(KDMError, match="sample_steps must be >= 1"):
         RectifiedFlow((2,), dataclasses.replace(SMALL, sample_steps=0), 1.0, 0, 1000)
+
+
+def test_rectified_evaluates_its_own_step_count_too():
+    model = RectifiedFlow((2,), dataclasses.replace(SMALL, sample_steps=3), 1.0, 0, 1000)
+    assert model.sampling_steps == (1, 2, 3, 4)
+    x_T = torch.randn(4, 2)
+    with torch.no_grad():
+        assert torch.equal(model(x_T), model.sample(x_T, steps=3))
+        assert not torch.equal(model(x_T), model.sample(x_T, steps=1))

@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
-from koopman_distill.bench import RECTIFIED_STEPS, TEACHER_NFES, run_bench
+from koopman_distill.bench import TEACHER_NFES, run_bench
 from koopman_distill.cli import main
+from koopman_distill.students.baselines import EVAL_STEPS
 
 
 def _rows(result):
@@ -17,7 +18,7 @@ def _rows(result):
 def test_quick_suite_end_to_end(tmp_path, suite, full_nfe):
     result = run_bench(suite, tmp_path / "b", quick=True)
     want = {("teacher", k) for k in (*TEACHER_NFES, full_nfe)}
-    want |= {("kdm", 1), ("kd", 1)} | {("rectified", k) for k in RECTIFIED_STEPS}
+    want |= {("kdm", 1), ("kd", 1)} | {("rectified", k) for k in EVAL_STEPS}
     assert _rows(result) == want
     for r in result["rows"]:
         assert r["samples_per_s"] > 0 and r["params"] > 0

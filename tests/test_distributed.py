@@ -1,5 +1,7 @@
 """Multi-process runs (gloo on CPU) against single-process runs: pair stores are bitwise the
-same, training with global batch B follows the single-process run with batch B."""
+same, training with global batch B follows the single-process run with batch B (every student,
+in every domain), and a loss that draws from torch's global generator under a split batch is
+stopped."""
 
 import json
 import os
@@ -17,9 +19,10 @@ from conftest import kdm
 from safetensors.torch import load_file
 from torch import nn
 
-from koopman_distill.config import TrainConfig
+from koopman_distill.config import ModelConfig, TrainConfig, UNetConfig
 from koopman_distill.errors import KDMError
 from koopman_distill.pairs import PairStore, write_pairs
+from koopman_distill.students import build_student
 from koopman_distill.training import Batches, Trainer, rng
 from koopman_distill.training.data import rank_batch_size
 from koopman_distill.training.distributed import is_main, on_main, rank, world_size
@@ -89,22 +92,39 @@ def test_torchrun_pairs_and_training_match_one_process(tiny, tmp_path):
 
 
 class Toy(nn.Module):
-    """2-D generator with a critic: ``G(x_T + 0.1 eps)`` regressed on x_0, plus an adversarial
-    term; the critic tells x_0 from the generator's last outputs."""
+    """2-D generator with an adversary: ``G(x_T + 0.1 eps)`` regressed on x_0, plus an
+    adversarial term; the objective ``judge`` trains the critic ``C`` to tell x_0 from the
+    generator's last outputs."""
 
     def __init__(self):
         super().__init__()
         self.G = nn.Sequential(nn.Linear(2, 16), nn.SiLU(), nn.Linear(16, 2))
-        self.critic = nn.Sequential(nn.Linear(2, 16), nn.SiLU(), nn.Linear(16, 1))
+        self.C = nn.Sequential(nn.Linear(2, 16), nn.SiLU(), nn.Linear(16, 1))
+        self.judge = Judge(self.C)
 
-    def loss(self, batch):
+    def objectives(self):
+        return [self.judge]
+
+    def loss(self, batch, rng):
         x = self.G(batch["noise"] + 0.1 * rng.randn_like(batch["noise"]))
-        self._fake = x.detach()
+        self.judge.fake = x.detach()
         mse = (x - batch["clean"]).square().mean()
-        return mse + 0.1 * F.softplus(-self.critic(x)).mean(), {"mse": mse.item()}
+        return mse + 0.1 * F.softplus(-self.C(x)).mean(), {"mse": mse.item()}
 
-    def critic_loss(self, batch):
-        real, fake = self.critic(batch["clean"]), self.critic(self._fake)
+
+class Judge:
+    """The critic's objective (a plain object: its parameters are the Toy's ``C.*``)."""
+
+    name = "judge"
+
+    def __init__(self, critic: nn.Module):
+        self.critic, self.fake = critic, None
+
+    def parameters(self):
+        return self.critic.parameters()
+
+    def loss(self, batch, rng):
+        real, fake = self.critic(batch["clean"]), self.critic(self.fake)
         loss = F.softplus(-real).mean() + F.softplus(fake).mean()
         return loss, {"critic": loss.item()}
 
@@ -134,11 +154,53 @@ STORE = {"n": 50, "shard_size": 10, "seed": 7, "sigma_max": 1.0, "shape": (2,),
          "progress": False}
 
 
-def _worker(r: int, init_file: str, run_dir: str, out_dir: str) -> None:
+# -- every student follows the single-process run --------------------------------------------
+UNET = UNetConfig(channels=4, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[],
+                  dropout=0.0)
+# name: (example shape, classes, model settings); vectors of 3 dimensions, 8x8 images
+STUDENTS = {
+    "vec-kdm": ((3,), 0, {}),
+    "vec-kdm-adv": ((3,), 0, {"w_adv": 0.1, "koopman": "eigen"}),
+    "vec-kd": ((3,), 0, {"method": "kd"}),
+    "vec-rectified": ((3,), 0, {"method": "rectified", "sample_steps": 2}),
+    "img-kdm": ((1, 8, 8), 0, {}),
+    "img-kdm-adv-cond": ((1, 8, 8), 3, {"w_adv": 0.1}),
+    "img-kd": ((1, 8, 8), 0, {"method": "kd"}),
+    "img-rectified-cond": ((1, 8, 8), 3, {"method": "rectified"}),
+}
+STEPS = {1: 24, 3: 12}  # by example rank: the image networks are slower on a CPU
+
+
+def student_pairs(shape: tuple[int, ...], classes: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    sigma = 80.0 if len(shape) == 3 else 2.0
+    x_T = sigma * torch.randn(64, *shape, generator=g)
+    out = {"noise": x_T, "clean": torch.tanh(x_T / sigma) + 0.1}
+    if classes:
+        out["label"] = torch.randint(0, classes, (64,), generator=g)
+    return out
+
+
+def train_student(name: str, run_dir: Path, **train) -> None:
+    shape, classes, model = STUDENTS[name]
+    seed_everything(5)
+    cfg = ModelConfig(width=16, depth=2, latent_dim=8, unet=UNET, disc_channels=8, **model)
+    student = build_student(cfg, shape, 80.0 if len(shape) == 3 else 2.0, classes)
+    steps = STEPS[len(shape)]
+    tcfg = TrainConfig(steps=steps, batch_size=16, lr=1e-3, ema_decay=0.9, log_every=1,
+                       ckpt_every=steps, eval_every=0, progress=False, **train)
+    data = Batches(student_pairs(shape, classes), rank_batch_size(tcfg.batch_size), 1,
+                         rank(), world_size())
+    Trainer(student, data, tcfg, run_dir).fit()
+
+
+def _worker(r: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=r, world_size=2)
     try:
-        t = train_toy(Path(run_dir))
+        for name in STUDENTS:
+            train_student(name, Path(out_dir) / f"{name}-split", micro_batch=4)
+        t = train_toy(Path(out_dir) / "two")
         torch.save({"model": t.model.state_dict(), "ema": t.ema.model.state_dict()},
                    Path(out_dir) / f"rank{r}.pt")
 
@@ -163,32 +225,40 @@ def _worker(r: int, init_file: str, run_dir: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_processes_with_critic_match_one(tmp_path):
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    """What the tests below compare against one process, run in one 2-process gloo session
+    (starting one costs seconds): the students, the toy with its critic, a failing pair run."""
+    root = tmp_path_factory.mktemp("two")
+    mp.spawn(_worker, args=(str(root / "pg"), str(root)), nprocs=2)
+    return root
+
+
+def test_two_processes_with_critic_match_one(two_processes, tmp_path):
     """Generator, critic and EMA of a 2-process run equal the 1-process run's; both ranks hold
     identical weights; rank 0 alone writes; errors on one rank reach all; pair generation that
     failed on one rank resumes to the 1-process store."""
-    mp.spawn(_worker, args=(str(tmp_path / "pg"), str(tmp_path / "two"), str(tmp_path)),
-             nprocs=2)
+    two = two_processes
     # the failed 2-process pair run kept shards 0-2; a rerun completes it, bitwise as 1 process
-    manifest = json.loads((tmp_path / "store/manifest.json").read_text())
+    manifest = json.loads((two / "store/manifest.json").read_text())
     assert [s["index"] for s in manifest["shards"]] == [0, 1, 2] and not manifest["complete"]
-    write_pairs(tmp_path / "store", toy_generate, **STORE)
+    write_pairs(two / "store", toy_generate, **STORE)
     write_pairs(tmp_path / "fresh", toy_generate, **STORE)
     for f in (tmp_path / "fresh").iterdir():
-        assert f.read_bytes() == (tmp_path / "store" / f.name).read_bytes(), f.name
+        assert f.read_bytes() == (two / "store" / f.name).read_bytes(), f.name
 
     one = train_toy(tmp_path / "one")
-    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
+    r0, r1 = (torch.load(two / f"rank{i}.pt") for i in range(2))
     for name, ref in (("model", one.model.state_dict()), ("ema", one.ema.model.state_dict())):
         for k, v in ref.items():
             assert torch.equal(r0[name][k], r1[name][k]), (name, k)
             torch.testing.assert_close(r0[name][k], v, rtol=1e-5, atol=1e-6)
-    a, b = loss_rows(tmp_path / "one"), loss_rows(tmp_path / "two")
+    a, b = loss_rows(tmp_path / "one"), loss_rows(two / "two")
     assert [x["step"] for x in b] == list(range(1, 13))
     for x, y in zip(a, b, strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
         assert y["critic"] == pytest.approx(x["critic"], rel=1e-5)
-    assert sorted(p.name for p in (tmp_path / "two/checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (two / "two/checkpoints").iterdir()) == [
         "latest", "step-00000006", "step-00000012"]
 
 
@@ -211,12 +281,67 @@ def test_batch_parts_draw_the_whole_batch_noise():
     parts = []
     for start in (0, 2, 4):
         g.set_state(state)
-        with rng.batch_part(6, start, start + 2, g):
-            parts.append(rng.randn_like(torch.empty(2, 3)))
+        parts.append(rng.batch_part(6, start, start + 2, g).randn_like(torch.empty(2, 3)))
     assert torch.equal(torch.cat(parts), whole)
-    assert rng.rand(3).shape == (3,)  # outside a part: plain torch.rand
-    with rng.batch_part(6, 0, 2, g), pytest.raises(ValueError, match="3 rows"):
-        rng.randn(3)
+    torch.manual_seed(5)
+    plain = torch.rand(3), torch.randn(2), torch.randn_like(torch.empty(2, 3))
+    torch.manual_seed(5)  # the whole batch in one part: torch's global generator
+    ours = rng.GLOBAL.rand(3), rng.GLOBAL.randn(2), rng.GLOBAL.randn_like(torch.empty(2, 3))
+    assert all(torch.equal(a, b) for a, b in zip(plain, ours, strict=True))
+    with pytest.raises(ValueError, match="3 rows"):
+        rng.batch_part(6, 0, 2, g).randn(3)
+
+
+def test_every_student_follows_one_process_under_split_batches(two_processes, tmp_path):
+    """KDM (with and without the adversarial critic), KD and rectified flow, on vectors and
+    images (conditional too), under 2 processes of 2 micro-batches each: every logged loss
+    within 1e-5 of the single-process run with the same global batch of 16, at every step."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: one thread is the faster
+    try:
+        for name in STUDENTS:
+            train_student(name, tmp_path / f"{name}-one")
+    finally:
+        torch.set_num_threads(threads)
+    for name, (shape, _, _) in STUDENTS.items():
+        one = loss_rows(tmp_path / f"{name}-one")
+        split = loss_rows(two_processes / f"{name}-split")
+        assert [r["step"] for r in one] == list(range(1, STEPS[len(shape)] + 1))
+        assert len(split) == len(one), name
+        for x, y in zip(one, split, strict=True):
+            assert x.keys() == y.keys()
+            for k in x.keys() - {"step", "lr", "time", "nonfinite"}:
+                assert y[k] == pytest.approx(x[k], rel=1e-5), (name, x["step"], k)
+
+
+class GlobalNoise(nn.Module):
+    """A loss that draws its noise from torch's global generator (what ``rng`` is for), or,
+    with ``dropout``, only dropout masks from it (allowed)."""
+
+    def __init__(self, dropout: bool = False):
+        super().__init__()
+        self.dropout = dropout
+        self.net = nn.Sequential(nn.Linear(2, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+
+    def loss(self, batch, rng):
+        x = batch["noise"]
+        noise = rng.randn_like(x) if self.dropout else torch.randn_like(x)
+        loss = (self.net(x + noise) - batch["clean"]).square().mean()
+        return loss, {}
+
+
+def test_split_batch_refuses_a_loss_drawing_from_the_global_generator(tmp_path):
+    cfg = TrainConfig(steps=2, batch_size=8, micro_batch=4, log_every=1, eval_every=0,
+                      ckpt_every=10, progress=False)
+    data = toy_pairs()
+    with pytest.raises(KDMError, match=r"^GlobalNoise.loss drew random numbers from torch's "
+                       r"global generator under a split batch .* draw per-example noise from "
+                       r"the loss's rng argument") as e:
+        Trainer(GlobalNoise(), Batches(data, 8), cfg, tmp_path / "bad").fit()
+    assert "\n" not in str(e.value)
+    Trainer(GlobalNoise(dropout=True), Batches(data, 8), cfg, tmp_path / "ok").fit()
+    cfg.micro_batch = 0  # a whole batch may draw from anywhere
+    Trainer(GlobalNoise(), Batches(data, 8), cfg, tmp_path / "whole").fit()
 
 
 def test_ranks_split_each_global_batch(tiny):

@@ -20,6 +20,7 @@ from koopman_distill.teachers.edm import (
     heun_sample,
     karras_sigmas,
 )
+from koopman_distill.training.rng import GLOBAL
 
 MU, S, SIGMA_MAX = 0.3, 0.5, 80.0
 
@@ -131,13 +132,14 @@ def test_edm_loss_minimum_for_exact_denoiser():
     # lambda(sigma) s^2 sigma^2 / (s^2 + sigma^2) is exactly 1 at every sigma: E[loss] = 1.
     torch.manual_seed(0)
     x0 = MU + S * torch.randn(2048, 1, 4, 4, dtype=torch.float64)
-    exact = edm_loss(EDMPrecond(GaussianF()), x0)
-    zero_f = edm_loss(EDMPrecond(Recorder()), x0)
-    shifted = edm_loss(lambda x, s, labels: gaussian_denoiser(x, s) + 0.1, x0)
+    exact = edm_loss(EDMPrecond(GaussianF()), x0, GLOBAL)
+    zero_f = edm_loss(EDMPrecond(Recorder()), x0, GLOBAL)
+    shifted = edm_loss(lambda x, s, labels: gaussian_denoiser(x, s) + 0.1, x0, GLOBAL)
     assert torch.isfinite(exact) and exact.item() == pytest.approx(1.0, abs=0.04)
     assert zero_f.item() > 1.1 and shifted.item() > 1.1
     # F = 0 (D = c_skip x) is itself the exact denoiser for zero-mean data of variance sigma_data^2
-    assert edm_loss(EDMPrecond(Recorder()), x0 - MU).item() == pytest.approx(1.0, abs=0.04)
+    assert edm_loss(EDMPrecond(Recorder()), x0 - MU, GLOBAL).item() == pytest.approx(
+        1.0, abs=0.04)
 
 
 class TinyNet(nn.Module):
@@ -157,7 +159,7 @@ class TinyNet(nn.Module):
 def fixed_loss(teacher, batch):
     torch.manual_seed(123)
     with torch.no_grad():
-        return teacher.loss(batch)[0].item()
+        return teacher.loss(batch, GLOBAL)[0].item()
 
 
 @pytest.mark.parametrize("num_classes", [0, 3])
@@ -170,7 +172,7 @@ def test_teacher_trains_and_samples(num_classes):
     opt = torch.optim.Adam(teacher.parameters(), lr=3e-3)
     before = fixed_loss(teacher, batch)
     for _ in range(30):
-        loss, logs = teacher.loss(batch)
+        loss, logs = teacher.loss(batch, GLOBAL)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -189,9 +191,9 @@ def test_teacher_label_errors():
     cond = EDMTeacher(TinyNet(1, 3), (1, 8, 8), num_classes=3)
     image = torch.zeros(2, 1, 8, 8)
     with pytest.raises(KDMError, match="labels are required"):
-        cond.loss({"image": image})
+        cond.loss({"image": image}, GLOBAL)
     with pytest.raises(KDMError, match=r"shape \(2,\)"):
-        cond.loss({"image": image, "label": torch.zeros(3, dtype=torch.long)})
+        cond.loss({"image": image, "label": torch.zeros(3, dtype=torch.long)}, GLOBAL)
     with pytest.raises(KDMError, match="integer"):
         cond.sample(image, torch.zeros(2))
     with pytest.raises(KDMError, match=r"\[0, 3\)"):
@@ -199,9 +201,10 @@ def test_teacher_label_errors():
     uncond = EDMTeacher(TinyNet(1), (1, 8, 8))
     with pytest.raises(KDMError, match="unconditional"):
         uncond.sample(image, torch.tensor([0, 1]))
-    uncond.loss({"image": image, "label": torch.tensor([0, 1])})  # data labels are ignored
+    # data labels are ignored
+    uncond.loss({"image": image, "label": torch.tensor([0, 1])}, GLOBAL)
     with pytest.raises(KDMError, match=r"\(B, C, R, R\)"):
-        uncond.loss({"image": torch.zeros(2, 64)})
+        uncond.loss({"image": torch.zeros(2, 64)}, GLOBAL)
     with pytest.raises(KDMError, match="num_classes"):
         EDMTeacher(TinyNet(1), (1, 8, 8), num_classes=-1)
 

@@ -14,11 +14,12 @@ from conftest import kdm, kdm_proc, read_json
 from koopman_distill.api import load_run, load_teacher, train_kdm
 from koopman_distill.config import apply_overrides, preset
 from koopman_distill.errors import KDMError
-from koopman_distill.models.kdm_image import ImageKDM, param_count
 from koopman_distill.pairs import PairStore, write_pairs
 from koopman_distill.pairs.store import draw_seeded_noise, seeded_noise
+from koopman_distill.students import KDM, param_count
 from koopman_distill.training import Trainer
 from koopman_distill.training.checkpoint import latest_checkpoint
+from koopman_distill.training.rng import GLOBAL
 
 SHAPE = (1, 8, 8)
 
@@ -203,11 +204,11 @@ def test_image_kdm_critic_and_control_train(tmp_path) -> None:
             "clean": torch.rand(64, *SHAPE, generator=g) * 2 - 1,
             "label": torch.randint(0, 10, (64,), generator=g)}
 
-    def run(out: Path, steps: int, resume: bool = False) -> ImageKDM:
+    def run(out: Path, steps: int, resume: bool = False) -> KDM:
         from koopman_distill.training import Batches
 
         torch.manual_seed(0)
-        model = ImageKDM(SHAPE, cfg.model, 80.0, num_classes=10)
+        model = KDM(SHAPE, cfg.model, 80.0, num_classes=10)
         cfg.train.steps = steps
         t = Trainer(model, Batches(data, 16, seed=0), cfg.train, out)
         if resume:
@@ -234,8 +235,8 @@ def test_full_size_configs_match_reference(name: str, total: int, lpips_file: Pa
     assert cfg.model.distance == "lpips" and cfg.model.w_adv == 0.01
     classes = 10 if cfg.data.conditional else 0
     R = cfg.data.resolution
-    model = ImageKDM((3, R, R), cfg.model, cfg.teacher.sigma_max, classes)
-    assert param_count(model) == total  # reference §10, LPIPS and critic excluded
+    model = KDM((3, R, R), cfg.model, cfg.teacher.sigma_max, classes)
+    assert param_count(model, ("critic.",)) == total  # reference §10, LPIPS and critic excluded
     assert not any(k.startswith("_lpips") for k in model.state_dict())  # not checkpointed
 
 
@@ -255,17 +256,17 @@ def lpips_file(tmp_path_factory) -> Path:
 def test_lpips_distance_in_image_kdm(lpips_file: Path) -> None:
     cfg = apply_overrides(preset("digits8"), ["model.distance=lpips",
                                               f"model.lpips_weights={lpips_file}"])
-    model = ImageKDM((1, 16, 16), cfg.model, 80.0, 10)
+    model = KDM((1, 16, 16), cfg.model, 80.0, 10)
     g = torch.Generator().manual_seed(0)
     batch = {"noise": 80 * torch.randn(2, 1, 16, 16, generator=g),
              "clean": torch.rand(2, 1, 16, 16, generator=g) * 2 - 1,
              "label": torch.tensor([1, 2])}
-    loss, logs = model.loss(batch)
+    loss, logs = model.loss(batch, GLOBAL)
     loss.backward()
     assert logs["rec"] > 0 and model.D.stem.weight.grad.abs().sum() > 0
     missing = apply_overrides(preset("digits8"), ["model.distance=lpips"])
     with pytest.raises(KDMError, match="never downloaded"):
-        ImageKDM((1, 16, 16), missing.model, 80.0, 10)
+        KDM((1, 16, 16), missing.model, 80.0, 10)
 
 
 @pytest.mark.parametrize("name", ["cifar10-cond", "ffhq64"])
@@ -285,7 +286,7 @@ def test_full_size_configs_take_two_steps(name: str, tmp_path) -> None:
     from koopman_distill.training import Batches
 
     torch.manual_seed(0)
-    model = ImageKDM((3, R, R), cfg.model, 80.0, classes)
+    model = KDM((3, R, R), cfg.model, 80.0, classes)
     before = model.K.matrix().detach().clone()
     Trainer(model, Batches(data, 2), cfg.train, tmp_path).fit()
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]

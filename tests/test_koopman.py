@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from koopman_distill.config import ModelConfig
+from koopman_distill.domains.common import elementwise_distance as distance
 from koopman_distill.errors import KDMError
-from koopman_distill.models import KDM, DenseKoopman, EigenKoopman
-from koopman_distill.models.kdm import distance, latent_noise
+from koopman_distill.models import DenseKoopman, EigenKoopman
+from koopman_distill.students import KDM, latent_noise
+from koopman_distill.training.rng import GLOBAL
 
 
 def test_dense_matrix_and_bias():
@@ -77,11 +79,11 @@ def test_kdm_learns_a_linear_teacher(koopman):
     M = torch.tensor([[0.8, -0.6], [0.5, 1.1]])
     b = torch.tensor([0.3, -0.2])
     cfg = ModelConfig(width=64, depth=3, latent_dim=16, koopman=koopman, sigma_z=0.05)
-    model = KDM(2, cfg)
+    model = KDM((2,), cfg)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(400):
         x_T = torch.randn(256, 2)
-        loss, logs = model.loss({"noise": x_T, "clean": x_T @ M.T + b})
+        loss, logs = model.loss({"noise": x_T, "clean": x_T @ M.T + b}, GLOBAL)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -92,11 +94,18 @@ def test_kdm_learns_a_linear_teacher(koopman):
     assert err < 0.02  # the target's variance is ~1.2 per coordinate
 
 
-def test_kdm_sample_scale():
-    model = KDM(2, ModelConfig(width=8, depth=2, latent_dim=4), sigma_max=80.0)
-    noise, x = model.sample(4000, torch.Generator().manual_seed(0))
-    assert noise.std().item() == pytest.approx(80.0, rel=0.05)
-    assert x.shape == (4000, 2)
+def test_kdm_sees_unit_variance_noise():
+    """E_T reads x_T / sigma_max: the same map for any noise scale."""
+    torch.manual_seed(0)
+    small = KDM((2,), ModelConfig(width=8, depth=2, latent_dim=4), sigma_max=1.0)
+    big = KDM((2,), ModelConfig(width=8, depth=2, latent_dim=4), sigma_max=80.0)
+    big.load_state_dict(small.state_dict())
+    x_T = torch.randn(16, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(big(80.0 * x_T), small(x_T), rtol=1e-6, atol=1e-6)
+        assert big.sample(80.0 * x_T, steps=1).shape == (16, 2)
+    with pytest.raises(KDMError, match="samples in one step; got steps=2"):
+        big.sample(x_T, steps=2)
 
 
 def test_latent_noise_schedule():
@@ -105,9 +114,9 @@ def test_latent_noise_schedule():
     cosine = ModelConfig(sigma_z=0.4, sigma_z_schedule="cosine")
     got = [latent_noise(cosine, t) for t in (0.0, 0.25, 0.5, 1.0)]
     assert got == pytest.approx([0.4, 0.2 * (1 + math.sqrt(0.5)), 0.2, 0.0], abs=1e-12)
-    model = KDM(2, cosine)
+    model = KDM((2,), cosine)
     batch = {"noise": torch.randn(32, 2), "clean": torch.randn(32, 2)}
     model.set_progress(1.0)  # no latent noise left: the loss is deterministic
-    assert model.loss(batch)[0] == model.loss(batch)[0]
+    assert model.loss(batch, GLOBAL)[0] == model.loss(batch, GLOBAL)[0]
     model.set_progress(0.0)
-    assert model.loss(batch)[0] != model.loss(batch)[0]
+    assert model.loss(batch, GLOBAL)[0] != model.loss(batch, GLOBAL)[0]

@@ -184,7 +184,7 @@ class Flaky(nn.Module):
         super().__init__()
         self.w, self.bad, self.calls = nn.Parameter(torch.zeros(1)), bad, 0
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         self.calls += 1
         kind = self.bad.get(self.calls)
         loss = (self.w - 3).square().sum()

@@ -8,8 +8,7 @@ import torch
 
 from koopman_distill.config import ModelConfig, TrainConfig, apply_overrides, preset
 from koopman_distill.errors import KDMError
-from koopman_distill.models import KDM
-from koopman_distill.models.kdm_image import ImageKDM
+from koopman_distill.students import KDM
 from koopman_distill.training import Batches, Trainer
 from koopman_distill.training.checkpoint import latest_checkpoint, load_state
 from koopman_distill.training.data import Prefetch
@@ -23,7 +22,7 @@ def pairs(n=512):
 
 def make(run_dir, evaluate=None, **kw):
     seed_everything(0)
-    model = KDM(2, ModelConfig(width=16, depth=2, latent_dim=8))
+    model = KDM((2,), ModelConfig(width=16, depth=2, latent_dim=8))
     cfg = TrainConfig(**{"steps": 12, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.99,
                          "log_every": 4, "eval_every": 4, "ckpt_every": 4, "progress": False,
                          **kw})
@@ -112,8 +111,7 @@ def test_channels_last_images(tmp_path):
         torch.manual_seed(0)
         for k, v in kw.items():
             setattr(cfg.train, k, v)
-        t = Trainer(ImageKDM((1, 8, 8), cfg.model, 80.0, 10), Batches(data, 16), cfg.train,
-                    out)
+        t = Trainer(KDM((1, 8, 8), cfg.model, 80.0, 10), Batches(data, 16), cfg.train, out)
         t.fit()
         return t
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from koopman_distill.config import ModelConfig, TrainConfig
 from koopman_distill.errors import KDMError
-from koopman_distill.models import KDM
+from koopman_distill.students import KDM
 from koopman_distill.training import Batches, Trainer
 from koopman_distill.training.checkpoint import latest_checkpoint
 from koopman_distill.training.ema import EMA
@@ -25,7 +25,7 @@ def pairs(n=512):
 
 def make(run_dir, evaluate=None, steps=24, sigma_z_schedule="constant", **kw):
     seed_everything(0)
-    model = KDM(2, ModelConfig(width=16, depth=2, latent_dim=8,
+    model = KDM((2,), ModelConfig(width=16, depth=2, latent_dim=8,
                                sigma_z_schedule=sigma_z_schedule))
     cfg = TrainConfig(steps=steps, batch_size=64, lr=1e-3, lr_schedule="cosine", warmup=3,
                       ema_decay=0.99, log_every=4, eval_every=8, ckpt_every=8,
@@ -124,7 +124,7 @@ class NaNModel(nn.Module):
         super().__init__()
         self.w = nn.Parameter(torch.ones(1))
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         return self.w * float("nan"), {}
 
 
@@ -162,6 +162,6 @@ def test_trainer_reports_progress_to_the_latent_noise_schedule(tmp_path):
     seen = []
     t = make(tmp_path, steps=8, sigma_z_schedule="cosine")
     loss = t.model.loss
-    t.model.loss = lambda batch: (seen.append(t.model.progress), loss(batch))[1]
+    t.model.loss = lambda batch, rng: (seen.append(t.model.progress), loss(batch, rng))[1]
     t.fit()
     assert seen == [s / 8 for s in range(8)]

@@ -13,7 +13,6 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,12 @@ from .data.checkerboard import inside_fraction
 from .domains import domain_for
 from .errors import KDMError, warn
 from .io import read_json, remove_temp_files, write_json
-from .models import KDM
-from .models.baselines import build_baseline, sampling_path_params, student_label, student_nfe
-from .models.kdm_image import ImageKDM
+from .labels import check_labels
 from .pairs import PairStore, write_pairs
 from .pairs.store import draw_noise
 from .protocols import Teacher
 from .runs import RUN_FORMAT, read_run
+from .students import build_student, student_label, student_nfe
 from .teachers import build_teacher, load_run_teacher, teacher_tensors
 from .training import Batches, Trainer
 from .training.checkpoint import latest_checkpoint, load_into, load_weights, step_of
@@ -269,20 +267,10 @@ def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:
 
 
 def build_kdm(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
-    """The student of ``cfg.model.method``: KDM, or a baseline sized to KDM's sampling path."""
-    def kdm(model_cfg: Any) -> torch.nn.Module:
-        if _is_image(meta):
-            return ImageKDM(tuple(meta["shape"]), model_cfg, meta["sigma_max"],
-                            meta["num_classes"])
-        return KDM(meta["shape"][0], model_cfg, meta["sigma_max"])
-
-    if cfg.model.method == "kdm":
-        return kdm(cfg.model)
-    with torch.device("meta"):  # only counted; distance and critic do not change the path
-        target = sampling_path_params(kdm(replace(cfg.model, distance="l2", w_adv=0.0)))
-    shape = tuple(meta["shape"])
-    return build_baseline(cfg.model.method, shape, cfg.model, meta["sigma_max"],
-                          int(meta.get("num_classes", 0)), target)
+    """The student of ``cfg.model.method`` for a run's ``meta`` (``shape``, ``sigma_max``,
+    ``num_classes``): KDM, or a baseline sized to KDM's sampling path."""
+    return build_student(cfg.model, meta["shape"], meta["sigma_max"],
+                         int(meta.get("num_classes", 0)))
 
 
 def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
@@ -306,8 +294,9 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
     def evaluate(ema: torch.nn.Module, step: int) -> dict[str, float]:
         with torch.no_grad():
             ema.eval()
-            args = (probe["noise"], probe["label"]) if meta["num_classes"] else (probe["noise"],)
-            res = {"pair_mse": (ema(*args) - probe["clean"]).square().mean().item()}
+            labels = probe["label"] if meta["num_classes"] else None  # a store's may be unused
+            res = {"pair_mse": (ema(probe["noise"], labels) - probe["clean"]).square().mean()
+                   .item()}
             if checkerboard:
                 res["inside"] = inside_fraction(ema(probe_noise).cpu().numpy())
         return res
@@ -492,7 +481,7 @@ class OneStepGenerator:
         if x.ndim != 1 + len(self.shape) or tuple(x.shape[1:]) != self.shape:
             raise KDMError(f"noise must have shape (N, {', '.join(map(str, self.shape))}), "
                            f"got {tuple(x.shape)}")
-        y = _labels(labels, len(x), self.num_classes)
+        y = check_labels(labels, len(x), self.num_classes)
         bs = batch_size or self.block
         out = []
         for i in range(0, len(x), bs):
@@ -511,7 +500,7 @@ class OneStepGenerator:
         """:meth:`sample` in successive chunks of ``chunk`` rows (see :meth:`spans`), for
         outputs larger than memory: concatenated, they are ``sample(n, seed, labels)`` bit for
         bit (the same noise numbers in the same network batches)."""
-        y = _labels(self.labels(n, seed) if labels is None else labels, n, self.num_classes)
+        y = check_labels(self.labels(n, seed) if labels is None else labels, n, self.num_classes)
         g = torch.Generator().manual_seed(seed)
         for i, j in self.spans(n, chunk):
             x = self._noise_into(torch.empty(j - i, *self.shape), g)
@@ -524,7 +513,7 @@ class OneStepGenerator:
         if noise.ndim != 1 + len(self.shape) or tuple(noise.shape[1:]) != self.shape:
             raise KDMError(f"noise must have shape (N, {', '.join(map(str, self.shape))}), "
                            f"got {tuple(noise.shape)}")
-        y = _labels(labels, len(noise), self.num_classes)
+        y = check_labels(labels, len(noise), self.num_classes)
         for i, j in self.spans(len(noise), chunk):
             yield self.map(noise[i:j], None if y is None else y[i:j])
 
@@ -537,25 +526,6 @@ def _block_spans(n: int, block: int, numel: int) -> list[tuple[int, int]]:
     if len(stops) > 1 and (stops[-1] - stops[-2]) * numel < 16:
         del stops[-2]
     return list(zip([0, *stops[:-1]], stops, strict=True))
-
-
-def _labels(labels: Any, n: int, num_classes: int) -> torch.Tensor | None:
-    """Check class ids for a model with ``num_classes`` classes (0 = unconditional)."""
-    if not num_classes:
-        if labels is not None:
-            raise KDMError("this model is unconditional; do not pass labels")
-        return None
-    if labels is None:
-        raise KDMError(f"this model is class-conditional ({num_classes} classes); pass labels "
-                       "(e.g. --labels FILE.npy or --class K)")
-    y = torch.as_tensor(np.asarray(labels))
-    if y.shape != (n,) or y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise KDMError(f"labels must be {n} integer class ids, got {y.dtype} "
-                       f"{tuple(y.shape)}")
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise KDMError(f"labels must lie in [0, {num_classes}), got values from {int(y.min())} "
-                       f"to {int(y.max())}")
-    return y.long()
 
 
 def load_run(run: str | Path, ema: bool = True, device: str = "cpu") -> OneStepGenerator:

@@ -28,15 +28,13 @@ from .config import BENCH_SUITES, PRESETS, Config, apply_overrides, preset
 from .demo import _markdown, run_stage
 from .errors import KDMError
 from .io import atomic_write, write_json
-from .models.baselines import student_label
-from .models.kdm_image import param_count
 from .pairs import PairStore
+from .students import param_count, sampling_path_params, student_label
 from .teachers import store_teacher
 from .training.trainer import read_log
 
 STUDENTS = ("kdm", "kd", "rectified")
 TEACHER_NFES = (1, 2, 4, 8, 16)
-RECTIFIED_STEPS = (1, 2, 4)
 Sampler = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
@@ -149,12 +147,8 @@ def _teacher_samplers(meta: dict[str, Any], store: PairStore, device: torch.devi
 
 
 def _student_samplers(method: str, gen: OneStepGenerator) -> list[tuple[int, str, Sampler]]:
-    if method == "rectified":
-        return [(k, student_label(method, k), lambda x, y, k=k: gen.model.generate(x, y, k))
-                for k in RECTIFIED_STEPS]
-    if gen.num_classes:
-        return [(1, student_label(method), lambda x, y: gen.model(x, y))]
-    return [(1, student_label(method), lambda x, y: gen.model(x))]
+    return [(k, student_label(method, k), lambda x, y, k=k: gen.model.sample(x, y, steps=k))
+            for k in gen.model.sampling_steps]
 
 
 def evaluate_students(runs: dict[str, Path], cfg: Config) -> dict[str, Any]:
@@ -172,7 +166,7 @@ def evaluate_students(runs: dict[str, Path], cfg: Config) -> dict[str, Any]:
         ("teacher", nfe, label, fn, param_count(teacher, ()), float("nan"))
         for nfe, label, fn in teacher_rows]
     for m, gen in gens.items():
-        entries += [(m, nfe, label, fn, param_count(gen.model, ("E_0.", "critic.")),
+        entries += [(m, nfe, label, fn, sampling_path_params(gen.model),
                      _train_seconds(runs[m])) for nfe, label, fn in _student_samplers(m, gen)]
     score = _image_scorer(cfg, device, labels) if len(meta["shape"]) == 3 else _points_scorer(
         cfg, meta, teacher, teacher_rows[-1][2], device)

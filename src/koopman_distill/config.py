@@ -139,13 +139,14 @@ class ModelConfig:
 
     KDM: encoders E_T, E_0, decoder D and the Koopman operator K.
 
-    Points: three MLPs (``width``, ``depth``, ``latent_dim``). Images: three UNets (``unet``)
+    Vectors: three MLPs (``width``, ``depth``, ``latent_dim``). Images: three UNets (``unet``)
     with a ``latent_channels`` x R x R latent, optionally linearly projected to ``projection``
-    dims; class labels (``data.conditional``) go into all three UNets and a learned control
-    ``B y`` is added after ``K``; an optional adversarial term (``w_adv``) with a patch
-    discriminator trained on the teacher's outputs as real.
+    dims. Class labels (``data.conditional``) go into all three networks and a learned control
+    ``B y`` is added after ``K``; an optional adversarial term (``w_adv``) with a critic (a
+    patch discriminator for images, an MLP for vectors) trained on the teacher's outputs as
+    real.
 
-    Baselines (:mod:`.models.baselines`), sized to the parameter count of KDM's sampling path
+    Baselines (:mod:`.students.baselines`), sized to the parameter count of KDM's sampling path
     E_T, K, (B,) D under the same settings: ``kd`` regresses x_0 from x_T directly (Luhman &
     Luhman); ``rectified`` learns the velocity of the straight noise-to-teacher-sample path and
     samples with ``sample_steps`` Euler steps.
@@ -178,9 +179,10 @@ class ModelConfig:
     latent_channels: int = checked(1, POSITIVE)  # images only
     # images only: linear projection of the flat latent (0 = none)
     projection: int = checked(0, NONNEGATIVE)
-    # images only: generator adversarial weight (reference: 0.01)
+    # generator adversarial weight (reference: 0.01)
     w_adv: float = checked(0.0, NONNEGATIVE)
-    disc_channels: int = checked(64, POSITIVE)  # images only: patch discriminator width
+    # critic width (images: the patch discriminator's first conv)
+    disc_channels: int = checked(64, POSITIVE)
     # local VGG16+LPIPS weights file(s), comma-separated
     lpips_weights: str = checked("", ANY, acts_with=("distance=lpips",))
 

@@ -16,7 +16,7 @@ from .api import make_pairs, read_run, resume_run, train_kdm, train_teacher
 from .config import Config
 from .errors import KDMError
 from .evaluate import evaluate_run
-from .models.baselines import KDM_LOSS_FIELDS, student_label
+from .students import KDM_LOSS_FIELDS, student_label
 from .training.checkpoint import latest_checkpoint
 
 # The config sections that decide a stage's result: other settings (evaluation, say) may

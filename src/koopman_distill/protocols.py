@@ -1,20 +1,30 @@
-"""The interfaces the pipeline is built on: what a teacher is, what a sampler is.
+"""The interfaces the pipeline is built on: what a teacher, a student and a sampler are.
 
 Every stage talks to these and nothing else: pair generation asks a :class:`Teacher` for
-``sample(noise, labels)``; evaluation and ``kdm bench`` score :data:`Sampler` candidates (the
-teacher at k NFE, every student) on the same noise; a domain plug-in (:mod:`.domains`) supplies
-the networks, metrics and plots for one example's shape.
+``sample(noise, labels)``; the trainer trains a :class:`Student` (or a teacher) through its
+``loss(batch, rng)`` and its extra :class:`Objective` s; evaluation and ``kdm bench`` score
+:data:`Sampler` candidates (the teacher at k NFE, every student at each of its
+``sampling_steps``) on the same noise; a domain plug-in (:mod:`.domains`) supplies the networks,
+metrics and plots for one example's shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .training.rng import ExampleRNG
 
 # (noise x_T (B, *shape), int64 labels (B,) or None) -> x_0 (B, *shape), deterministic
 Sampler = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+# a training batch: {"noise": x_T (B, *shape), "clean": x_0 (B, *shape)[, "label": (B,)]}
+# for students; teachers train on their own keys
+Batch = dict[str, torch.Tensor]
+Logs = dict[str, float]
 
 
 @runtime_checkable
@@ -43,3 +53,61 @@ class Teacher(Protocol):
     def identity(self) -> dict[str, Any]: ...
 
     def spec(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """A loss with its own parameters and its own optimizer, next to a model's main loss (the
+    adversarial critic's, :mod:`.students.adversarial`).
+
+    The trainer computes the model's ``loss`` with these parameters frozen (they get no
+    gradient from it); after that loss's backward pass it computes this ``loss`` on the same
+    batch and steps this optimizer, then steps the model's: the model's gradient sees these
+    parameters as they were before the step. The parameters must be parameters of the model
+    (so they are checkpointed, averaged into the EMA and broadcast with it). ``name`` keys the
+    optimizer's state in ``state.pt`` (``<name>_optimizer``).
+    """
+
+    name: str
+
+    def parameters(self) -> Iterator[nn.Parameter]: ...
+
+    def loss(self, batch: Batch, rng: ExampleRNG) -> tuple[torch.Tensor, Logs]: ...
+
+
+@runtime_checkable
+class Student(Protocol):
+    """A model distilled from ``(noise, clean)`` pairs that maps x_T ~ N(0, sigma_max^2 I)
+    (B, *shape) to x_0 (B, *shape) in a few network evaluations (:mod:`.students`).
+
+    ``shape``, ``num_classes`` (0 = unconditional; otherwise labels are int64 class ids (B,)),
+    ``sigma_max`` as for :class:`Teacher`.
+
+    - ``forward(x_T, labels=None) -> x_0``: the student's own sampler (``sample`` at its
+      configured step count), deterministic.
+    - ``sample(x_T, labels=None, *, steps=None) -> x_0``: ``steps`` network evaluations, one of
+      the student's ``sampling_steps`` or any other count it supports (None: its own; a
+      one-step student refuses anything but 1 with a KDMError).
+    - ``sampling_steps``: the step counts an evaluation reports for this student, ascending
+      (``(1,)`` for KDM and KD; ``(1, 2, 4)`` and ``model.sample_steps`` for rectified flow);
+      each step is one network evaluation, so a step count is the sampler's NFE.
+    - ``loss(batch, rng) -> (scalar loss, {name: float})`` on a training batch, drawing every
+      random number from ``rng`` (:class:`.training.rng.ExampleRNG`): under a split batch a
+      draw from torch's global generator is an error.
+    - ``objectives()``: extra :class:`Objective` s the trainer steps alongside (empty for most).
+    """
+
+    shape: tuple[int, ...]
+    num_classes: int
+    sigma_max: float
+    sampling_steps: tuple[int, ...]
+
+    def forward(self, x_T: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def sample(self, x_T: torch.Tensor, labels: torch.Tensor | None = None, *,
+               steps: int | None = None) -> torch.Tensor: ...
+
+    def loss(self, batch: Batch, rng: ExampleRNG) -> tuple[torch.Tensor, Logs]: ...
+
+    def objectives(self) -> Sequence[Objective]: ...

@@ -1,7 +1,6 @@
-"""Networks and the KDM module."""
+"""The networks students and teachers are built from."""
 
-from .kdm import KDM
 from .koopman import DenseKoopman, EigenKoopman, build_koopman
-from .mlp import MLP
+from .mlp import MLP, ConditionedMLP
 
-__all__ = ["KDM", "DenseKoopman", "EigenKoopman", "build_koopman", "MLP"]
+__all__ = ["ConditionedMLP", "DenseKoopman", "EigenKoopman", "build_koopman", "MLP"]

@@ -8,17 +8,26 @@ import torch
 from torch import nn
 
 
+def time_frequencies(n: int) -> torch.Tensor:
+    """The n // 2 frequencies ``pi k``, k = 1 .. n // 2, of :func:`time_features`."""
+    return math.pi * torch.arange(1, n // 2 + 1, dtype=torch.float32)
+
+
+def time_features(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """``[sin(f t), cos(f t)]``: t (B,), freqs (m,) -> (B, 2m)."""
+    a = t[:, None] * freqs
+    return torch.cat([a.sin(), a.cos()], dim=1)
+
+
 class TimeFeatures(nn.Module):
     """Fixed sinusoidal features of t in [0, 1]: (B,) -> (B, n)."""
 
     def __init__(self, n: int):
         super().__init__()
-        self.register_buffer("freqs", math.pi * torch.arange(1, n // 2 + 1, dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer("freqs", time_frequencies(n), persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        a = t[:, None] * self.freqs
-        return torch.cat([a.sin(), a.cos()], dim=1)
+        return time_features(t, self.freqs)
 
 
 class FourierFeatures(nn.Module):

@@ -78,11 +78,13 @@ class UNetBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, emb_channels: int, resample: str | None = None,
                  attention: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.c_in, self.c_out, self.resample, self.dropout = c_in, c_out, resample, dropout
+        self.c_in, self.c_out, self.resample = c_in, c_out, resample
         self.norm0 = _norm(c_in)
         self.conv0 = _conv(c_in, c_out, 3)
         self.affine = _linear(emb_channels, c_out)
         self.norm1 = _norm(c_out)
+        # a module, so the trainer can tell its global-generator draws from a loss's
+        self.drop = nn.Dropout(dropout)
         self.conv1 = _conv(c_out, c_out, 3, _ZERO)
         # 1x1 projection on the skip path when the shape changes
         self.skip = _conv(c_in, c_out, 1) if (c_in != c_out or resample) else None
@@ -95,7 +97,7 @@ class UNetBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv0(_resample(F.silu(self.norm0(x)), self.resample))
         h = h + self.affine(emb)[:, :, None, None]
-        h = F.dropout(F.silu(self.norm1(h)), p=self.dropout, training=self.training)
+        h = self.drop(F.silu(self.norm1(h)))
         h = self.conv1(h)
         s = x if self.skip is None else self.skip(_resample(x, self.resample))
         h = (h + s) * _SKIP
@@ -262,6 +264,39 @@ def _check_args(resolution, in_channels, out_channels, channels, channel_mult, n
                        f"or a resolution that is a multiple of {down}")
     if not 0.0 <= dropout < 1.0:
         raise KDMError(f"UNet: dropout must be in [0, 1), got {dropout}")
+
+
+class FlatEncoder(UNet):
+    """A UNet whose output map is the flat latent: ``(B, in, R, R) -> (B, out R R)``
+    (row-major)."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x, t, labels).flatten(1)
+
+
+class FlatDecoder(UNet):
+    """A UNet reading a flat latent as its input map: ``(B, in R R) -> (B, out, R, R)``."""
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor | float,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        R = self.resolution
+        if z.dim() != 2 or z.shape[1] != self.in_channels * R * R:
+            raise KDMError(f"FlatDecoder: expected latents of shape (B, "
+                           f"{self.in_channels * R * R}), got {tuple(z.shape)}")
+        return super().forward(z.view(len(z), self.in_channels, R, R), t, labels)
+
+
+T_SCALE = 1000.0  # DDPM-style UNets see times in [0, 1000]
+
+
+class TimeScaledUNet(UNet):
+    """A UNet taking a time ``t`` in [0, 1] (a scalar or (B,)), which its positional embedding
+    sees as ``1000 t``, as DDPM-style UNets do."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x, T_SCALE * t, labels)
 
 
 class ProjectedEncoder(nn.Module):

@@ -20,7 +20,7 @@ from ..config import Config
 from ..data.images import image_data
 from ..errors import KDMError
 from ..models.unet import UNet
-from ..training import rng
+from ..training.rng import ExampleRNG
 from .trained import TrainedTeacher, check_solver
 
 # D(x (B, ...), sigma (B,), labels (B, label_dim) or None) -> (B, ...)
@@ -84,11 +84,13 @@ class EDMPrecond(nn.Module):
         return c_skip * x + c_out * self.net(c_in * x, c_noise.reshape(-1), labels)
 
 
-def edm_loss(denoiser: Denoiser, x0: torch.Tensor, labels: torch.Tensor | None = None,
-             P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5) -> torch.Tensor:
+def edm_loss(denoiser: Denoiser, x0: torch.Tensor, rng: ExampleRNG,
+             labels: torch.Tensor | None = None, P_mean: float = -1.2, P_std: float = 1.2,
+             sigma_data: float = 0.5) -> torch.Tensor:
     """EDM training loss on clean data x0 (B, ...): ``ln sigma ~ N(P_mean, P_std^2)`` per sample,
     ``lambda(sigma) ||D(x0 + sigma n; sigma) - x0||^2`` with
-    ``lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2``, averaged over all elements.
+    ``lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2``, averaged over all elements;
+    sigma and n are drawn from ``rng``.
 
     Its minimum is 1 when the data have per-element variance ``sigma_data^2`` (Gaussian case).
     """
@@ -201,13 +203,14 @@ class EDMTeacher(TrainedTeacher, nn.Module):
         _check_images(x, "x")
         return self.precond(x, sigma, self.one_hot(labels, x))
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor], rng: ExampleRNG
+             ) -> tuple[torch.Tensor, dict[str, float]]:
         """EDM loss on ``{"image": (B, C, R, R) in [-1, 1], "label": (B,) int64}``; the label is
         needed only when conditional and ignored otherwise."""
         x0 = batch["image"]
         _check_images(x0, "batch['image']")
         labels = self.one_hot(batch.get("label"), x0)
-        loss = edm_loss(self.precond, x0, labels, self.P_mean, self.P_std, self.sigma_data)
+        loss = edm_loss(self.precond, x0, rng, labels, self.P_mean, self.P_std, self.sigma_data)
         return loss, {"edm": loss.item()}
 
     def nfe(self, steps: int | None = None, solver: str | None = None) -> int:

@@ -24,7 +24,7 @@ from ..data.arrays import vector_data
 from ..errors import KDMError
 from ..models.features import FourierFeatures, TimeFeatures
 from ..models.mlp import MLP
-from ..training import rng
+from ..training.rng import ExampleRNG
 from .samplers import SAMPLERS, nfe, ode_sample
 from .trained import TrainedTeacher, check_solver
 
@@ -99,8 +99,10 @@ class FlowMatchingTeacher(TrainedTeacher, nn.Module):
         """(B, dim), (B,) -> (B, dim)."""
         return self.net(torch.cat([self.fourier(x), self.time(t)], dim=1))
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Conditional flow-matching loss on a batch ``{"x": (B, dim)}`` of data."""
+    def loss(self, batch: dict[str, torch.Tensor], rng: ExampleRNG
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Conditional flow-matching loss on a batch ``{"x": (B, dim)}`` of data, drawing
+        x_T and t from ``rng``."""
         x0 = batch["x"]
         x_T = self.cfg.sigma_max * rng.randn_like(x0)
         t = rng.rand(x0.shape[0], device=x0.device)

@@ -1,19 +1,25 @@
 """A thin, generic trainer: Adam, LR schedule, EMA, non-finite guard, progress bar, periodic
 evaluation, ``log.jsonl`` and exact resume.
 
-The model only has to provide ``loss(batch) -> (scalar tensor, {name: float})``; the batch
-source provides ``next()``, ``state_dict()`` and ``load_state_dict()``. A model with an
-adversary has a ``critic`` submodule and ``critic_loss(batch)``, called right after
-``loss(batch)``; the critic gets its own Adam and is stepped after the generator's backward
-pass, so the generator's gradient uses the critic as it was before this step.
+The model only has to provide ``loss(batch, rng) -> (scalar tensor, {name: float})``, drawing
+its per-example noise from ``rng`` (:class:`.rng.ExampleRNG`); the batch source provides
+``next()``, ``state_dict()`` and ``load_state_dict()``. Optionally the model has
+``set_progress(fraction)`` (called before each step) and ``objectives()``: extra
+:class:`~..protocols.Objective` s (an adversary's critic) with their own parameters, each with
+its own Adam (state ``<name>_optimizer``). The model's loss is computed with those parameters
+frozen; each objective's loss follows the model's backward pass and its optimizer steps before
+the model's, so the model's gradient uses the objectives' parameters as they were before this
+step.
 
 Under ``torchrun`` every process runs this loop on its rows of each global batch (the data
 source splits it, see :class:`.data.Batches`), optionally cut further into
 ``cfg.micro_batch``-row micro-batches whose gradients are accumulated; gradients and logged
 values are then averaged over processes, so all processes take the same step. Per-example noise
-drawn through :mod:`.rng` is the same however the batch is split, so such a run follows the
-single-process run with the same global batch up to floating-point rounding (BatchNorm, as in
-the critic, still sees per-micro-batch statistics). Only rank 0 logs, evaluates and saves.
+drawn from the ``rng`` argument is the same however the batch is split, so such a run follows
+the single-process run with the same global batch up to floating-point rounding (dropout masks
+differ, and BatchNorm, as in the image critic, sees per-micro-batch statistics); a loss that
+draws from torch's global generator instead is stopped with an error
+(:class:`.rng.GlobalDrawCheck`). Only rank 0 logs, evaluates and saves.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..errors import KDMError, Stopped, first_line
 from ..io import atomic_write, remove_temp_files, write_failed
+from ..protocols import Objective
 from . import rng
 from .checkpoint import (
     discard_after,
@@ -127,22 +134,25 @@ class Trainer:
                      if cfg.prefetch else data)
         if self.world > 1:  # every process starts from rank 0's weights
             broadcast_([*model.parameters(), *model.buffers()])
-        self.critic = getattr(model, "critic", None)
-        self.params = [p for n, p in model.named_parameters() if not n.startswith("critic.")]
+        self.objectives, own = _objectives(model)
+        self.params = [p for p in model.parameters() if id(p) not in own]
         betas = (cfg.beta1, cfg.beta2)
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=betas)
-        self.critic_opt = (torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=betas)
-                           if self.critic is not None else None)
+        self.objective_opts = [torch.optim.Adam(o.parameters(), lr=cfg.lr, betas=betas)
+                               for o in self.objectives]
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
         if cfg.compile:
             compile_networks(model)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         # Split batches (several processes or micro-batches) draw per-example noise from their
         # own generator, started where the global one stands; otherwise the global one is used.
-        self.part_gen = None
+        self.part_gen, self.draw_check = None, None
         if self.world > 1 or cfg.micro_batch:
             self.part_gen = torch.Generator(self.device)
             self.part_gen.set_state(self._device_rng().get("rng_cuda", torch.get_rng_state()))
+            # compiled dropout seeds itself from the global generator inside the graph
+            if not cfg.compile or not _has_dropout(model):
+                self.draw_check = rng.GlobalDrawCheck(model, self.device)
         self.step, self.elapsed, self.nonfinite_total = 0, 0.0, 0
         self.log_path = self.run_dir / "log.jsonl"
         # the progress bar's label, and the command that continues the run after a stop
@@ -151,7 +161,8 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        extra = {"critic_optimizer": self.critic_opt.state_dict()} if self.critic_opt else {}
+        extra = {f"{o.name}_optimizer": opt.state_dict()
+                 for o, opt in zip(self.objectives, self.objective_opts, strict=True)}
         if self.scaler is not None:
             extra["scaler"] = self.scaler.state_dict()
         return {**extra, "step": self.step, "optimizer": self.opt.state_dict(),
@@ -193,8 +204,8 @@ class Trainer:
         load_into(self.ema.model, ema_w, ckpt)
         try:
             self.opt.load_state_dict(state["optimizer"])
-            if self.critic_opt is not None:
-                self.critic_opt.load_state_dict(state["critic_optimizer"])
+            for o, opt in zip(self.objectives, self.objective_opts, strict=True):
+                opt.load_state_dict(state[f"{o.name}_optimizer"])
             torch.set_rng_state(state["rng_torch"])
             if "rng_cuda" in state and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["rng_cuda"], self.device)
@@ -227,15 +238,14 @@ class Trainer:
             raise bad(f"holds a {type(state).__name__}, not the trainer's state")
         need = {"step": int, "optimizer": dict, "ema_updates": int, "data": dict,
                 "rng_torch": torch.Tensor, "nonfinite_total": int}
-        if self.critic_opt is not None:
-            need["critic_optimizer"] = dict
+        need.update({f"{o.name}_optimizer": dict for o in self.objectives})
         missing = sorted(set(need) - set(state))
         if missing:
             raise bad(f"lacks {', '.join(missing)}")
         for key, tp in need.items():
             if not isinstance(state[key], tp) or isinstance(state[key], bool):
                 raise bad(f"has {key} of type {type(state[key]).__name__}")
-        for key in ("optimizer", "critic_optimizer"):
+        for key in ("optimizer", *(f"{o.name}_optimizer" for o in self.objectives)):
             opt = state.get(key)
             if opt is not None and not (isinstance(opt.get("state"), dict) and isinstance(
                     opt.get("param_groups"), list) and all(
@@ -341,10 +351,10 @@ class Trainer:
             if hasattr(self.model, "set_progress"):  # e.g. KDM's latent-noise schedule
                 self.model.set_progress(self.step / cfg.steps)
             lr = lr_at(cfg, self.step)
-            for opt in (self.opt, self.critic_opt):
-                for group in opt.param_groups if opt else ():
+            for opt in (self.opt, *self.objective_opts):
+                for group in opt.param_groups:
                     group["lr"] = lr
-            loss, logs, finite, critic_ok = self._gradients(batch)
+            loss, logs, finite, objectives_ok = self._gradients(batch)
             if finite:
                 if self.scaler is not None:
                     self.scaler.unscale_(self.opt)
@@ -354,9 +364,8 @@ class Trainer:
             if not finite:
                 consecutive += 1
                 self.nonfinite_total += 1
-                self.opt.zero_grad(set_to_none=True)
-                if self.critic_opt is not None:
-                    self.critic_opt.zero_grad(set_to_none=True)
+                for opt in (self.opt, *self.objective_opts):
+                    opt.zero_grad(set_to_none=True)
                 if self.scaler is not None:  # back off also when the loss itself overflowed
                     self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
                 if consecutive >= cfg.max_nonfinite:
@@ -371,8 +380,8 @@ class Trainer:
                 consecutive = 0
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grads_with_norm_(grads, cfg.grad_clip, norm)
-                if self.critic_opt is not None:
-                    logs = {**logs, **self._critic_step(batch, critic_ok)}
+                for i in range(len(self.objectives)):
+                    logs = {**logs, **self._objective_step(i, batch, objectives_ok)}
                 self._opt_step(self.opt)
                 if self.scaler is not None:
                     self.scaler.update()
@@ -423,27 +432,35 @@ class Trainer:
     def _opt_step(self, opt: torch.optim.Optimizer) -> None:
         self.scaler.step(opt) if self.scaler is not None else opt.step()
 
-    def _generator_loss(self, batch: dict[str, torch.Tensor]
-                        ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``model.loss`` with the critic frozen, so its weights get no gradient from it."""
+    def _model_loss(self, batch: dict[str, torch.Tensor], draws: rng.ExampleRNG
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``model.loss`` with the objectives' parameters frozen, so they get no gradient
+        from it."""
+        frozen = [p for o in self.objectives for p in o.parameters() if p.requires_grad]
         with self._autocast():
-            if self.critic is None:
-                return self.model.loss(batch)
-            self.critic.requires_grad_(False)
+            for p in frozen:
+                p.requires_grad_(False)
             try:
-                return self.model.loss(batch)
+                return self.model.loss(batch, draws)
             finally:
-                self.critic.requires_grad_(True)
+                for p in frozen:
+                    p.requires_grad_(True)
+
+    def _objective_loss(self, i: int, batch: dict[str, torch.Tensor], draws: rng.ExampleRNG
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
+        with self._autocast():
+            return self.objectives[i].loss(batch, draws)
 
     def _gradients(self, batch: dict[str, torch.Tensor]
-                   ) -> tuple[float, dict[str, float], bool, bool | None]:
-        """Generator gradients for this process's rows of the global batch, averaged over
+                   ) -> tuple[float, dict[str, float], bool, list[bool] | None]:
+        """The model's gradients for this process's rows of the global batch, averaged over
         processes. Returns the loss and logs (means over the global batch), whether every loss
-        was finite and, for split batches, whether every critic loss was (the critic's gradients
-        are then accumulated alongside; None: the critic steps on the whole batch later)."""
+        was finite and, for split batches, whether every loss of each objective was (their
+        gradients are then accumulated alongside; None: each objective steps on the whole
+        batch later)."""
         self.opt.zero_grad(set_to_none=True)
         if self.part_gen is None:
-            loss, logs = self._generator_loss(batch)
+            loss, logs = self._model_loss(batch, rng.GLOBAL)
             finite = bool(torch.isfinite(loss))
             if finite:
                 self._backward(loss)
@@ -452,27 +469,28 @@ class Trainer:
         m = self.cfg.micro_batch or n
         k, total, first = _micro_batches(n, m), n * self.world, rank() * n
         start = self.part_gen.get_state()
-        if self.critic_opt is not None:
-            self.critic_opt.zero_grad(set_to_none=True)
-        bad, sums = [0.0, 0.0], {}  # non-finite generator / critic loss seen
+        for opt in self.objective_opts:
+            opt.zero_grad(set_to_none=True)
+        bad, sums = [0.0] * (1 + len(self.objectives)), {}  # non-finite losses seen, per loss
         for j in range(k):
             self.part_gen.set_state(start)  # every part draws the whole batch's noise
             torch.manual_seed(_part_seed(self.cfg.seed, self.step, rank(), j))  # e.g. dropout
             micro = {name: v[j * m:(j + 1) * m] for name, v in batch.items()}
-            with rng.batch_part(total, first + j * m, first + (j + 1) * m, self.part_gen):
-                loss, logs = self._generator_loss(micro)
-                if torch.isfinite(loss):
-                    self._backward(loss / k)
+            draws = rng.batch_part(total, first + j * m, first + (j + 1) * m, self.part_gen)
+            with self._draws_checked(f"{type(self.model).__name__}.loss"):
+                loss, logs = self._model_loss(micro, draws)
+            if torch.isfinite(loss):
+                self._backward(loss / k)
+            else:
+                bad[0] = 1.0
+            for i, o in enumerate(self.objectives):
+                with self._draws_checked(f"the {o.name} objective's loss"):
+                    o_loss, o_logs = self._objective_loss(i, micro, draws)
+                if torch.isfinite(o_loss):
+                    self._backward(o_loss / k)
                 else:
-                    bad[0] = 1.0
-                if self.critic_opt is not None:
-                    with self._autocast():
-                        c_loss, c_logs = self.model.critic_loss(micro)
-                    if torch.isfinite(c_loss):
-                        self._backward(c_loss / k)
-                    else:
-                        bad[1] = 1.0
-                    logs = {**logs, **c_logs}
+                    bad[1 + i] = 1.0
+                logs = {**logs, **o_logs}
             for name, v in {"loss": loss.item(), **logs}.items():
                 sums[name] = sums.get(name, 0.0) + v / k
         if self.world > 1:
@@ -484,28 +502,55 @@ class Trainer:
                                  device=self.device)
             all_reduce_mean_([*(p.grad for p in self.model.parameters() if p.grad is not None),
                               stats])
-            bad, sums = stats[:2].tolist(), dict(zip(names, stats[2:].tolist(), strict=True))
+            bad = stats[:len(bad)].tolist()
+            sums = dict(zip(names, stats[len(bad):].tolist(), strict=True))
         loss = sums.pop("loss")
-        return loss, sums, bad[0] == 0, bad[1] == 0
+        return loss, sums, bad[0] == 0, [b == 0 for b in bad[1:]]
 
-    def _critic_step(self, batch: dict[str, torch.Tensor],
-                     accumulated: bool | None) -> dict[str, float]:
-        """One critic update (skipped when its loss is not finite). ``accumulated``: the
-        gradients are in place already and were all finite (True) or not (False); None: compute
-        them on ``batch``."""
+    def _draws_checked(self, what: str) -> contextlib.AbstractContextManager:
+        return (self.draw_check.watch(what) if self.draw_check is not None
+                else contextlib.nullcontext())
+
+    def _objective_step(self, i: int, batch: dict[str, torch.Tensor],
+                        accumulated: list[bool] | None) -> dict[str, float]:
+        """One update of objective ``i`` (skipped when its loss is not finite).
+        ``accumulated``: its gradients are in place already and were all finite (True) or not
+        (False); None: compute them on ``batch``."""
+        opt = self.objective_opts[i]
         if accumulated is None:
-            self.critic_opt.zero_grad(set_to_none=True)
-            with self._autocast():
-                loss, logs = self.model.critic_loss(batch)
-            accumulated = bool(torch.isfinite(loss))
-            if accumulated:
+            opt.zero_grad(set_to_none=True)
+            loss, logs = self._objective_loss(i, batch, rng.GLOBAL)
+            ok = bool(torch.isfinite(loss))
+            if ok:
                 self._backward(loss)
         else:
-            logs = {}
-        if accumulated:
-            self._opt_step(self.critic_opt)
-        self.critic_opt.zero_grad(set_to_none=True)
+            logs, ok = {}, accumulated[i]
+        if ok:
+            self._opt_step(opt)
+        opt.zero_grad(set_to_none=True)
         return logs
+
+
+def _objectives(model: nn.Module) -> tuple[list[Objective], set[int]]:
+    """The model's extra objectives and the ids of their parameters, which must be the model's
+    own (so they are checkpointed, broadcast and averaged with it) and nobody else's."""
+    objectives = list(getattr(model, "objectives", tuple)())
+    mine = {id(p) for p in model.parameters()}
+    own: set[int] = set()
+    for o in objectives:
+        ids = {id(p) for p in o.parameters()}
+        if not ids <= mine or ids & own:
+            raise KDMError(f"objective {o.name!r} of {type(model).__name__} has parameters "
+                           "outside the model or shared with another objective; register "
+                           "them as a submodule of the model, once")
+        own |= ids
+    if len({o.name for o in objectives}) < len(objectives):
+        raise KDMError(f"{type(model).__name__} has two objectives of the same name")
+    return objectives, own
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, rng.DROPOUT) and m.p > 0 for m in model.modules())
 
 
 def read_log(path: Path, skip_damaged: bool = False) -> list[dict[str, Any]]:

@@ -1,0 +1,120 @@
+"""The Koopman Distillation Model, for every domain.
+
+Networks from the domain plug-in (:mod:`..domains`): noise encoder ``E_T``, clean encoder
+``E_0`` (both (B, *shape) -> (B, d)), decoder ``D`` ((B, d) -> (B, *shape)); a linear Koopman
+operator ``K`` on the latent (:mod:`..models.koopman`); for a class-conditional model the
+one-hot label y (B, k) goes into all three networks and a learned control ``B y`` is added
+after ``K``. E_T sees ``x_T / sigma_max`` (unit variance) at t = 1, E_0 and D see t = 0.
+One-step generation is ``x_0 = D(K E_T(x_T / sigma_max) + B y)``.
+
+Training loss on a pair batch ``(x_T, x_0[, y])``, with latent noise ``σ_z`` (fresh each step;
+with ``sigma_z_schedule`` cosine it decays from ``sigma_z`` to 0 over training)::
+
+    z_0 = E_0(x_0),  z_T = E_T(x_T / sigma_max)
+    ẑ_0 = K(z_T + σ_z ε_T) + B y                     # pushed latent
+    L = w_latent ||ẑ_0 - z_0||²                      # latent alignment
+      + w_rec  dist(D(z_0 + σ_z ε_0), x_0)           # reconstruction
+      + w_push dist(D(ẑ_0), x_0)                     # push reconstruction (the one-step path)
+      + w_inverse L_inv + w_spectrum L_spec          # eigen K only
+      + w_adv BCE(C(D(ẑ_0)), 1)                      # with a critic C (w_adv > 0)
+
+``dist`` is the domain's ``model.distance``; the critic C is the domain's and is trained as
+an objective of its own (:mod:`.adversarial`).
+
+Unlike the reference, E_T sees unit-variance noise rather than raw std-80 noise, LPIPS weights
+stay out of the checkpoints, and K is sized from the actual latent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..models.koopman import build_koopman
+from ..protocols import Objective
+from ..training.rng import ExampleRNG
+from .adversarial import Adversarial
+from .base import StudentModule
+
+
+def latent_noise(cfg: ModelConfig, progress: float) -> float:
+    """σ_z at training progress ``progress`` in [0, 1]: ``sigma_z``, or cosine-decayed to 0."""
+    if cfg.sigma_z_schedule == "cosine":
+        return 0.5 * cfg.sigma_z * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.sigma_z
+
+
+class KDM(StudentModule):
+    """KDM on examples of ``shape`` ((D,) or (C, R, R)); latents are (B, d)."""
+
+    training_only = ("E_0.", "critic.")
+    progress = 0.0  # the fraction of training done, set by the trainer before each step
+
+    def __init__(self, shape: Sequence[int], cfg: ModelConfig, sigma_max: float = 1.0,
+                 num_classes: int = 0):
+        super().__init__(shape, cfg, sigma_max, num_classes)
+        self.E_T, self.E_0, self.D, self.d = self.domain.kdm_networks(cfg, num_classes)
+        self.K = build_koopman(self.d, cfg)
+        self.B = nn.Linear(num_classes, self.d) if num_classes else None
+        self.critic = self.domain.critic(cfg) if cfg.w_adv > 0 else None
+        self.adversarial = Adversarial(self.critic) if self.critic is not None else None
+        self._distance = self.domain.distance(cfg)  # last: LPIPS draws its random init
+
+    def set_progress(self, fraction: float) -> None:
+        self.progress = fraction
+
+    def objectives(self) -> Sequence[Objective]:
+        return () if self.adversarial is None else (self.adversarial,)
+
+    # -- the networks and K ------------------------------------------------------------------
+    def encode_noise(self, x_T: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """z_T = E_T(x_T / sigma_max): (B, *shape) -> (B, d)."""
+        return self.E_T(x_T / self.sigma_max, 1.0, y)
+
+    def encode_clean(self, x_0: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """z_0 = E_0(x_0): (B, *shape) -> (B, d)."""
+        return self.E_0(x_0, 0.0, y)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """x = D(z): (B, d) -> (B, *shape)."""
+        return self.D(z, 0.0, y)
+
+    def koopman(self, z_T: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Pushed latent K z_T (+ B y): (B, d) -> (B, d)."""
+        z = self.K(z_T)
+        return z + self.B(y) if self.B is not None else z
+
+    def forward(self, x_T: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """One-step generation: noise (B, *shape) [, labels (B,)] -> samples (B, *shape)."""
+        y = self.one_hot(labels, len(x_T))
+        return self.decode(self.koopman(self.encode_noise(x_T, y), y), y)
+
+    # -- training ----------------------------------------------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor], rng: ExampleRNG
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The KDM loss on ``{"noise": x_T, "clean": x_0[, "label"]}`` (B, *shape)."""
+        cfg = self.cfg
+        x_T, x_0 = batch["noise"], batch["clean"]
+        y = self.batch_labels(batch)
+        z_0 = self.encode_clean(x_0, y)
+        z_T = self.encode_noise(x_T, y)
+        sigma_z = latent_noise(cfg, self.progress)
+        z_push = self.koopman(z_T + sigma_z * rng.randn_like(z_T), y)
+        x_rec = self.decode(z_0 + sigma_z * rng.randn_like(z_0), y)
+        x_push = self.decode(z_push, y)
+        terms = {"latent": (z_push - z_0).square().mean(),
+                 "rec": self._distance(x_rec, x_0),
+                 "push": self._distance(x_push, x_0)}
+        weights = {"latent": cfg.w_latent, "rec": cfg.w_rec, "push": cfg.w_push,
+                   "inverse": cfg.w_inverse, "spectrum": cfg.w_spectrum, "adv": cfg.w_adv}
+        terms.update(self.K.aux_losses())
+        if self.adversarial is not None:
+            terms["adv"] = self.adversarial.generator_loss(x_push)
+        loss = sum(weights[k] * v for k, v in terms.items())
+        logs = {k: v.item() for k, v in terms.items()}
+        logs["push_mse"] = (x_push.detach() - x_0).square().mean().item()
+        return loss, logs
