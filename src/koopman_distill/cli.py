@@ -30,7 +30,6 @@ from .config import (
     preset,
 )
 from .data.arrays import load_array
-from .domains import domain_for
 from .errors import KDMError, Stopped, first_line
 from .io import atomic_write, write_json
 from .runs import read_run
@@ -339,6 +338,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.grid and len(shape) != 3:
         raise KDMError("--grid is for image runs; drop it for a 2-D run")
     if args.n is not None:
+        from .domains import domain_for  # imports torch: only once the cheap checks passed
+
         _sample_chunk(out, args.n, shape, meta.get("num_classes", 0), domain_for(shape).block)
     from .api import load_run
 

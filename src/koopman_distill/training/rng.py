@@ -53,20 +53,20 @@ class ExampleRNG:
     def randn(self, n: int, *, device: torch.device | None = None,
               dtype: torch.dtype | None = None) -> torch.Tensor:
         """``n`` standard normal values (n,), one per example."""
-        if self.generator is None:
-            return torch.randn(n, device=device, dtype=dtype)
-        rows = self._rows(n)
-        return torch.randn(self.total, generator=self.generator, device=device,
-                           dtype=dtype)[rows]
+        return self._values(torch.randn, n, device, dtype)
 
     def rand(self, n: int, *, device: torch.device | None = None,
              dtype: torch.dtype | None = None) -> torch.Tensor:
         """``n`` uniform values in [0, 1) (n,), one per example."""
+        return self._values(torch.rand, n, device, dtype)
+
+    def _values(self, draw, n: int, device: torch.device | None,
+                dtype: torch.dtype | None) -> torch.Tensor:
+        """``draw`` (torch.randn or torch.rand) of one value per example, (n,)."""
         if self.generator is None:
-            return torch.rand(n, device=device, dtype=dtype)
-        rows = self._rows(n)
-        return torch.rand(self.total, generator=self.generator, device=device,
-                          dtype=dtype)[rows]
+            return draw(n, device=device, dtype=dtype)
+        return draw(self.total, generator=self.generator, device=device,
+                    dtype=dtype)[self._rows(n)]
 
 
 GLOBAL = ExampleRNG()  # the whole batch in one part, from torch's global generator
