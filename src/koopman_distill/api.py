@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,13 +22,16 @@ import torch
 from . import image_api
 from .config import Config, apply_overrides
 from .data.arrays import load_points
-from .data.checkerboard import inside_fraction, sample_checkerboard
+from .data.checkerboard import sample_checkerboard
+from .domains import Domain, domain_for
 from .errors import KDMError, warn
+from .evaluation.extras import dataset_extras
 from .io import read_json, remove_temp_files, sha256_file, write_json
 from .models import KDM
 from .models.baselines import build_baseline, sampling_path_params, student_label, student_nfe
-from .models.kdm_image import ImageKDM
+from .models.kdm_image import ImageKDM, param_count
 from .pairs import PairStore, write_pairs
+from .protocols import Sampler
 from .runs import RUN_FORMAT, read_run
 from .teachers import FlowMatchingTeacher, nfe, ode_sample
 from .training import TensorBatches, Trainer
@@ -128,10 +130,11 @@ def _weights(run: Path, ema: bool) -> dict[str, torch.Tensor]:
 
 # -- teacher --------------------------------------------------------------------------------
 def teacher_data(cfg: Config) -> torch.Tensor:
-    """The 2-D teacher's training data (N, 2): the embedded checkerboard or a user ``.npy``."""
+    """The vector teacher's training data (N, D): the embedded checkerboard (D = 2) or a user
+    ``.npy``."""
     if cfg.data.source == "checkerboard":
         return sample_checkerboard(cfg.data.n, torch.Generator().manual_seed(cfg.data.seed))
-    return torch.from_numpy(load_points(cfg.data.source))
+    return torch.from_numpy(load_points(cfg.data.source, dim=None))
 
 
 def _teacher_tensors(cfg: Config) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -320,6 +323,15 @@ def build_kdm(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
                           int(meta.get("num_classes", 0)), target)
 
 
+def data_source(cfg: Config, meta: dict[str, Any]) -> str | None:
+    """The ``data.source`` the teacher of a student run learned, or None when the run's pair
+    store does not record it (imported pairs; a store not on this machine): the config a
+    store records is the teacher's (:func:`train_kdm` takes ``cfg.data`` from it)."""
+    if not Path(meta["pairs"], "manifest.json").is_file():
+        return None
+    return cfg.data.source if PairStore(meta["pairs"]).manifest.get("config") else None
+
+
 def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
              pairs: dict[str, torch.Tensor] | PairStore, resume: bool) -> Path:
     seed_everything(cfg.train.seed)
@@ -336,19 +348,21 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path,
                              rank(), world_size())
         probe = {k: v[:2048] for k, v in pairs.items()}
     probe = {k: v.to(device) for k, v in probe.items()}
+    # the dataset's own metrics (the checkerboard's inside rate) of samples from fresh noise
+    extras = dataset_extras(data_source(cfg, meta))
     g = torch.Generator().manual_seed(cfg.eval.seed)
-    checkerboard = cfg.data.source == "checkerboard" and not _is_image(meta)
     probe_noise = (meta["sigma_max"] * torch.randn(min(cfg.eval.n, 5000), *meta["shape"],
                                                     generator=g).to(device)
-                   if checkerboard else None)
+                   if extras is not None else None)
 
     def evaluate(ema: torch.nn.Module, step: int) -> dict[str, float]:
+        """The error on the first training pairs, and the dataset's extras."""
         with torch.no_grad():
             ema.eval()
             args = (probe["noise"], probe["label"]) if "label" in probe else (probe["noise"],)
             res = {"pair_mse": (ema(*args) - probe["clean"]).square().mean().item()}
-            if checkerboard:
-                res["inside"] = inside_fraction(ema(probe_noise).cpu().numpy())
+            if extras is not None:
+                res.update(extras.training_metrics(ema(probe_noise).cpu().numpy()))
         return res
 
     trainer = Trainer(model, data, cfg.train, out, evaluate=evaluate, device=device,
@@ -444,21 +458,23 @@ def run_summary(run: str | Path) -> str:
     return f"{run}: step {step_of(ckpt) if ckpt else 0}/{steps}{loss}{where}"
 
 
-class OneStepGenerator:
-    """A trained KDM ready to sample: ``sample(n)`` or ``map(noise)`` in one step, or
+class StudentRun:
+    """A trained student (KDM or a baseline) ready to sample: ``sample(n)`` or ``map(noise)``
+    at its own step count (one, or a rectified flow's ``model.sample_steps``), or
     ``sample_chunks`` / ``map_chunks`` for outputs larger than memory (the same values).
 
-    Examples are vectors (dim,) or images (C, R, R); a class-conditional image KDM takes int64
+    Examples are vectors (D,) or images (C, H, W); a class-conditional student takes int64
     labels (n,) (``sample`` draws them uniformly from its seed when none are given).
     """
 
     def __init__(self, model: torch.nn.Module, cfg: Config, meta: dict[str, Any],
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, run: Path | None = None):
         self.device = device or torch.device("cpu")
         self.model, self.cfg, self.meta = model.to(self.device).eval(), cfg, meta
+        self.run = run
 
     @classmethod
-    def load(cls, run: str | Path, ema: bool = True, device: str = "cpu") -> OneStepGenerator:
+    def load(cls, run: str | Path, ema: bool = True, device: str = "cpu") -> StudentRun:
         run = Path(run)
         cfg, meta = read_run(run)
         if meta.get("kind") != "kdm":
@@ -466,7 +482,7 @@ class OneStepGenerator:
         model = build_kdm(cfg, meta)
         weights, ckpt = _weights(run, ema)
         load_into(model, weights, ckpt)
-        return cls(model, cfg, meta, resolve_device(device))
+        return cls(model, cfg, meta, resolve_device(device), run)
 
     @property
     def sigma_max(self) -> float:
@@ -474,12 +490,21 @@ class OneStepGenerator:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of one example: (dim,) or (C, R, R)."""
+        """Shape of one example: (D,) or (C, H, W)."""
         return tuple(self.meta["shape"])
+
+    @property
+    def domain(self) -> Domain:
+        return domain_for(self.shape)
 
     @property
     def num_classes(self) -> int:
         return int(self.meta.get("num_classes", 0))
+
+    @property
+    def method(self) -> str:
+        """``kdm``, ``kd`` or ``rectified``."""
+        return self.cfg.model.method
 
     @property
     def nfe(self) -> int:
@@ -487,14 +512,34 @@ class OneStepGenerator:
         return student_nfe(self.cfg.model)
 
     @property
-    def label(self) -> str:
+    def multistep(self) -> bool:
+        """Whether the student can sample in other step counts (:meth:`sampler`)."""
+        return self.method == "rectified"
+
+    @property
+    def name(self) -> str:
         """Display name of the student, e.g. ``KDM (1 step)``."""
-        return student_label(self.cfg.model.method, self.nfe)
+        return student_label(self.method, self.nfe)
+
+    @property
+    def params(self) -> int:
+        """Parameters on the sampling path (not E_0, not the critic)."""
+        return param_count(self.model, ("E_0.", "critic."))
 
     @property
     def block(self) -> int:
-        """Rows per network call and per draw of noise: 65536 vectors or 256 images."""
-        return 65536 if len(self.shape) == 1 else 256
+        """Rows per network call and per draw of noise: the domain's."""
+        return self.domain.block
+
+    def sampler(self, steps: int | None = None) -> Sampler:
+        """The student as a :data:`~.protocols.Sampler` on its device, at its own step count
+        or (a multi-step student) at ``steps``."""
+        model = self.model
+        if steps is not None and steps != self.nfe:
+            if not self.multistep:
+                raise KDMError(f"{self.name} samples in {self.nfe} step(s) only")
+            return lambda x, y: model.generate(x, y, steps)
+        return lambda x, y: model(x) if y is None else model(x, y)
 
     def spans(self, n: int, chunk: int | None = None) -> list[tuple[int, int]]:
         """Row ranges [start, stop) of ``n`` examples in chunks of ``chunk`` rows, a multiple
@@ -597,13 +642,6 @@ def _labels(labels: Any, n: int, num_classes: int) -> torch.Tensor | None:
     return y.long()
 
 
-def load_run(run: str | Path, ema: bool = True, device: str = "cpu") -> OneStepGenerator:
-    """Load a KDM run for sampling (EMA weights unless ``ema=False``)."""
-    return OneStepGenerator.load(run, ema, device)
-
-
-def timed(fn: Any, *args: Any) -> tuple[Any, float]:
-    """``fn(*args)`` and its wall time in seconds."""
-    t = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t
+def load_run(run: str | Path, ema: bool = True, device: str = "cpu") -> StudentRun:
+    """Load a student run for sampling (EMA weights unless ``ema=False``)."""
+    return StudentRun.load(run, ema, device)
