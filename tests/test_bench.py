@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
-from koopman_distill.bench import RECTIFIED_STEPS, TEACHER_NFES, run_bench
+from koopman_distill.bench import run_bench
 from koopman_distill.cli import main
+from koopman_distill.evaluation.runs import STUDENT_STEPS, TEACHER_NFES
 
 
 def _rows(result):
@@ -17,11 +18,11 @@ def _rows(result):
 def test_quick_suite_end_to_end(tmp_path, suite, full_nfe):
     result = run_bench(suite, tmp_path / "b", quick=True)
     want = {("teacher", k) for k in (*TEACHER_NFES, full_nfe)}
-    want |= {("kdm", 1), ("kd", 1)} | {("rectified", k) for k in RECTIFIED_STEPS}
+    want |= {("kdm", 1), ("kd", 1)} | {("rectified", k) for k in STUDENT_STEPS}
     assert _rows(result) == want
     for r in result["rows"]:
         assert r["samples_per_s"] > 0 and r["params"] > 0
-        if r["label"].startswith("teacher (Heun"):
+        if r["name"].startswith("teacher (Heun"):
             assert r["speedup_vs_teacher"] == pytest.approx(1.0)
     params = {r["method"]: r["params"] for r in result["rows"]}
     assert abs(params["kd"] - params["kdm"]) / params["kdm"] < 0.15  # comparable sizes

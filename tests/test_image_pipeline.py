@@ -56,11 +56,12 @@ def test_digits_pipeline_end_to_end(digits, capsys) -> None:
     assert res["settings"]["extractor"] == "classifier"
     assert res["settings"]["extractor_settings"]["data_sha256"]
     assert "load_digits" in res["settings"]["reference"]
-    for who, nfe in (("teacher", 7), ("kdm", 1)):
+    for who, nfe in (("teacher", 7), ("student", 1)):
         r = res[who]
         assert r["nfe"] == nfe and r["fd"] >= 0 and np.isfinite(r["kid"])
         assert 0 <= r["class_accuracy"] <= 1 and r["samples_per_s"] > 0
-    assert res["kdm"]["paired_mse"] >= 0
+    assert res["student"]["paired_mse"] > 0 and res["teacher"]["paired_mse"] == 0.0
+    assert res["reference"]["n"] == res["settings"]["n"] and "inside" not in json.dumps(res)
     assert Path(res["plots"]["samples"]).stat().st_size > 1000
 
     # the second run reuses every stage

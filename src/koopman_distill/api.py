@@ -224,7 +224,8 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
     init_distributed()
     teacher, tcfg = load_teacher(teacher_run)
     _, tmeta = read_run(teacher_run)
-    cfg = cfg or tcfg  # the teacher's config with the caller's pairs/sampler settings
+    # the caller's pairs/sampler settings; the data is the teacher's, whatever the caller's says
+    cfg = tcfg if cfg is None else replace(cfg, data=tcfg.data)
     sigma, steps = tcfg.teacher.sigma_max, cfg.teacher.steps
     storage = {"clean_dtype": cfg.pairs.clean_dtype, "store_noise": cfg.pairs.store_noise}
     if _is_image(tmeta):
