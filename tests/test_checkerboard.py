@@ -110,7 +110,7 @@ def test_extras_apply_to_the_checkerboard_only():
     centre = square_corners()[:1] + SCALE / 2
     target = np.repeat(centre, 4, axis=0)
     samples = target.copy()
-    samples[0] = 0.0  # the centre of the board: a gap, and more than half a side off
+    samples[0] = np.array([1.5, 0.5]) * SCALE  # in the gap of cell (1, 0), squares away
     got = extras.metrics(samples, target)
     assert got["inside_fraction"] == pytest.approx(0.75)
     assert got["far_miss_fraction"] == pytest.approx(0.25)

@@ -102,7 +102,8 @@ def results_table(result: dict[str, Any]) -> str:
         r = result.get(key)
         if r is None:
             continue
-        rows.append((name or r["name"], str(r["nfe"]), *(c.cell(r, with_se=True) for c in columns),
-                     f"{r['samples_per_s']:,.0f}",
+        cells = ("-" if key == "teacher" and c.paired else c.cell(r, with_se=True)
+                 for c in columns)  # the teacher's outputs are the paired targets
+        rows.append((name or r["name"], str(r["nfe"]), *cells, f"{r['samples_per_s']:,.0f}",
                      f"{timings[stage]:.0f}" if stage in timings else "-"))
     return markdown(rows)

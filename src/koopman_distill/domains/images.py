@@ -44,7 +44,7 @@ class Images:
     headline_label = "Fréchet distance"
     columns = (Column("FD", "fd", ".3f"), Column("KID", "kid", ".4f"),
                Column("class acc.", "class_accuracy", ".3f"),
-               Column("paired MSE", "paired_mse", ".4f"))
+               Column("paired MSE", "paired_mse", ".4f", paired=True))
 
     def memory_needed(self, ecfg: EvalConfig) -> int:
         """Rough bytes an evaluation of ``ecfg.n`` examples holds at once: 6 float32 arrays

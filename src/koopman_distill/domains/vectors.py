@@ -44,7 +44,8 @@ class Vectors:
     headline_label = "sliced W1"
     columns = (Column("sliced W1", "sliced_wasserstein", ".4f"),
                Column("energy", "energy_distance", ".5f"),
-               Column("paired sq. err", "paired_sq_error_per_sample", ".2e", se=True))
+               Column("paired sq. err", "paired_sq_error_per_sample", ".2e", se=True,
+                      paired=True))
 
     def memory_needed(self, ecfg: EvalConfig) -> int:
         """Rough bytes an evaluation of ``ecfg.n`` examples holds at once: noise, samples,

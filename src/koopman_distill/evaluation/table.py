@@ -14,12 +14,14 @@ from typing import Any
 @dataclass(frozen=True)
 class Column:
     """One metric column: its ``header``, the row ``key`` it shows and the format ``spec``;
-    with ``se``, a row's ``KEY_se`` (a standard error) follows the value when asked for."""
+    with ``se``, a row's ``KEY_se`` (a standard error) follows the value when asked for;
+    ``paired``: a paired error against the teacher (nothing to show in the teacher's row)."""
 
     header: str
     key: str
     spec: str
     se: bool = False
+    paired: bool = False
 
     def cell(self, row: Mapping[str, Any], with_se: bool = False) -> str:
         text = fmt(row.get(self.key), self.spec)
