@@ -444,9 +444,10 @@ CASES: list[Case] = [
          "give --n N (>= 1)"),
     Case("output not .npy", lambda w: ["sample", w.run, "--n", "3", "--out", w.p("o.txt")],
          "must end in .npy"),
-    Case("teacher data of the wrong width", lambda w: [
+    Case("teacher data that are not vectors", lambda w: [
         "teacher", "train", "--preset", "checkerboard-tiny", "--out", w.p("t"),
-        "--data", w.npy("d.npy", np.zeros((10, 3), np.float32))], "must have shape (N, 2)"),
+        "--data", w.npy("d.npy", np.zeros((10, 3, 2), np.float32))],
+        "must have shape (N, D), got (10, 3, 2)"),
     Case("teacher data with NaN", lambda w: [
         "teacher", "train", "--preset", "checkerboard-tiny", "--out", w.p("t"),
         "--data", w.npy("d.npy", _nan_rows())], "3 rows with NaN/inf"),
