@@ -122,22 +122,22 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
     run = Path(run)
     gen = StudentRun.load(run, device=device)
     cfg = dataclasses.replace(gen.cfg, eval=ecfg) if ecfg is not None else gen.cfg
-    e, domain, device_ = cfg.eval, gen.domain, gen.device
+    e, domain, dev = cfg.eval, gen.domain, gen.device
     out = Path(out) if out else run / "eval"
     store = PairStore(gen.meta["pairs"]) if Path(gen.meta["pairs"], "manifest.json").exists() \
         else None
     source = data_source(cfg, gen.meta)
     extras = dataset_extras(source)
     if teacher is None and store is not None:
-        teacher = store_teacher(store, device_)
+        teacher = store_teacher(store, dev)
     pairs = store.load(np.arange(min(e.n, len(store)))) if store is not None else None
     full = teacher_candidates(teacher, store, euler=()) if teacher is not None else []
     student = student_candidates(gen)
     reference = domain.reference(cfg, source is not None, full[0].sample if full else None,
-                                 pairs, gen.sigma_max, gen.num_classes, device_)
+                                 pairs, gen.sigma_max, gen.num_classes, dev)
     noise, labels = gen.noise(e.n, e.seed), gen.labels(e.n, e.seed)
     candidates = [*full, *student]
-    ev = evaluate(candidates, domain, noise, labels, reference, cfg, device=device_,
+    ev = evaluate(candidates, domain, noise, labels, reference, cfg, device=dev,
                   paired_with=full[0].name if full else None, extras=extras,
                   keep=[c.name for c in candidates])
     row = ev.rows[-1]
@@ -146,7 +146,7 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
         # how many pairs it saw, not by fitting them.
         y = torch.from_numpy(pairs["label"]) if "label" in pairs else None
         mapped = draw(student[0].sample, torch.from_numpy(pairs["noise"]), y,
-                      domain.sample_batch(e), device_)
+                      domain.sample_batch(e), dev)
         row.update({f"train_pairs_{k}": v for k, v in domain.paired(mapped,
                                                                     pairs["clean"]).items()})
         row["train_pairs_noise_scale"] = store.manifest["sampler"].get("noise_scale", 1.0)
@@ -166,7 +166,7 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
         shown = [Shown(c.name, noise.numpy(), ev.samples[c.name], c.sample) for c in candidates]
         paths = domain.plots(out, shown, reference, extras, full[0].name if full else None,
                              noise=gen.noise, num_classes=gen.num_classes, seed=e.seed,
-                             device=device_)
+                             device=dev)
         paths.update(_run_plots(run, gen, out))
         result["plots"] = {k: str(v) for k, v in paths.items()}
         write_json(out / "eval.json", result)
@@ -211,18 +211,18 @@ def evaluate_students(runs: Mapping[str, str | Path], cfg: Config,
                        f"machine ({(store.manifest.get('teacher') or {}).get('path')}); bench "
                        "needs it for the teacher rows (pass it as an object through the API)")
     # the data the teacher learned comes from the runs, the metric settings from cfg
-    ecfg = dataclasses.replace(first.cfg, eval=cfg.eval, train=cfg.train)
-    source = data_source(ecfg, meta)
+    scored = dataclasses.replace(first.cfg, eval=cfg.eval, train=cfg.train)
+    source = data_source(scored, meta)
     extras = dataset_extras(source)
     domain, e = first.domain, cfg.eval
     teacher_rows = teacher_candidates(teacher, store)
     full = teacher_rows[-1]
     candidates = [*teacher_rows, *(c for g in gens.values()
                                    for c in student_candidates(g, STUDENT_STEPS))]
-    reference = domain.reference(ecfg, source is not None, full.sample, None, first.sigma_max,
-                                 first.num_classes, device)
+    reference = domain.reference(scored, source is not None, full.sample, None,
+                                 first.sigma_max, first.num_classes, device)
     ev = evaluate(candidates, domain, first.noise(e.n, e.seed), first.labels(e.n, e.seed),
-                  reference, ecfg, device=device, paired_with=full.name, extras=extras,
+                  reference, scored, device=device, paired_with=full.name, extras=extras,
                   announce="bench")
     return {"rows": ev.rows, "metric": domain.headline, "shape": list(first.shape),
             "data": source, "reference": ev.reference,
