@@ -13,16 +13,16 @@ from ..resources import check_memory
 
 def load_array(path: str | Path, shape: tuple[int | None, ...] | None = None,
                what: str = "array") -> np.ndarray:
-    """Load a ``.npy`` array of shape (N, *shape) as float32 (a None in ``shape``: any size),
-    or, with ``shape`` None, class ids of shape (N,) as int64; reject anything else.
+    """Load a ``.npy`` array of shape (N, *shape) as float32 (a None entry of ``shape`` takes
+    any size), or, with ``shape`` None, class ids of shape (N,) as int64; reject anything else.
 
     Errors (one line each): missing file, not a NumPy ``.npy`` file, object arrays, wrong
     shape, non-numeric dtype, no rows, more than the available memory, NaN/inf (with their
     count and first row indices), non-integer or negative class ids.
     """
     path = Path(path)
-    want = "(N,)" if shape is None else \
-        f"(N, {', '.join('D' if s is None else str(s) for s in shape)})"
+    want = "(N,)" if shape is None else "(N, {})".format(
+        ", ".join("D" if s is None else str(s) for s in shape))
     if not path.is_file():
         raise KDMError(f"{what} file not found: {path}")
     try:
@@ -34,8 +34,8 @@ def load_array(path: str | Path, shape: tuple[int | None, ...] | None = None,
     if not isinstance(arr, np.ndarray):
         arr.close()
         raise KDMError(f"{path} is an .npz archive; give a single .npy array of shape {want}")
-    if arr.ndim != 1 + len(shape or ()) or any(
-            s not in (None, a) for s, a in zip(shape or (), arr.shape[1:], strict=True)):
+    if arr.ndim != 1 + len(shape or ()) or 0 in arr.shape[1:] or any(
+            w not in (None, s) for s, w in zip(arr.shape[1:], shape or (), strict=True)):
         raise KDMError(f"{what} {path} must have shape {want}, got {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise KDMError(f"{what} {path} must hold numbers, got dtype {arr.dtype}")
