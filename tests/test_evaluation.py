@@ -138,3 +138,26 @@ def test_two_moons_get_generic_metrics_and_no_board(tmp_path, capsys):
     assert not any("inside" in text for text in outputs)
     files = sorted(p.name for p in (tmp_path / "kdm" / "eval").iterdir())
     assert files == ["eval.json", "loss.png", "scatter.png", "spectrum.png"]
+
+
+def test_imported_five_dimensional_trajectory_trains_and_evaluates(tmp_path):
+    # imported pairs record no data: the in-training evaluation and kdm eval use none of the
+    # checkerboard's extras (the preset's data.source), which cannot score 5-D points
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(300, 5, generator=g)
+    clean = 2 + 0.5 * torch.randn(300, 5, generator=g)
+    t = torch.linspace(0, 1, 4)[:, None, None]
+    np.save(tmp_path / "traj.npy", ((1 - t) * noise + t * clean).numpy().astype(np.float32))
+    assert kdm("pairs", "import", tmp_path / "traj.npy", "--out", tmp_path / "store") == 0
+    assert kdm("train", "--preset", "checkerboard-tiny", "--pairs", tmp_path / "store",
+               "--out", tmp_path / "run") == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text()
+            .splitlines()]
+    assert [r["step"] for r in rows if "eval/pair_mse" in r] == [10, 20]
+    assert not any("eval/inside" in r for r in rows)
+    assert kdm("eval", tmp_path / "run", "--set", "eval.n=200", "--set", "eval.projections=8",
+               "--set", "eval.energy_n=100") == 0
+    res = read_json(tmp_path / "run" / "eval" / "eval.json")
+    assert res["shape"] == [5] and res["data"] is None and "teacher" not in res
+    assert res["reference"]["name"] == "training pairs (teacher not available)"
+    assert res["student"]["sliced_wasserstein"] > 0 and "inside" not in json.dumps(res)
