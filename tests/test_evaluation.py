@@ -81,7 +81,8 @@ def _pipeline(tmp_path, data: np.ndarray, *extra: str) -> dict:
     args = ["--preset", "checkerboard-tiny"]
     assert kdm("teacher", "train", *args, "--data", tmp_path / "data.npy", "--out",
                tmp_path / "t") == 0
-    assert kdm("pairs", "--teacher", tmp_path / "t", "--out", tmp_path / "p", "--n", 256) == 0
+    assert kdm("pairs", "make", "--teacher", tmp_path / "t", "--out", tmp_path / "p",
+               "--n", 256) == 0
     for method in ("kdm", *extra):
         assert kdm("train", *args, "--pairs", tmp_path / "p", "--out", tmp_path / method,
                    "--set", f"model.method={method}") == 0

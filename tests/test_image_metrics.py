@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from koopman_distill.errors import KDMError
+from koopman_distill.io import sha256_file
 from koopman_distill.metrics.extractors import (
     SmallClassifier,
     build_extractor,
@@ -54,7 +55,13 @@ def test_fd_methods_agree_on_sample_stats_and_singular_covariances():
     s2 = feature_stats(rng.normal(size=(30, 40)) + 0.5)
     fd_sqrtm = frechet_distance(*s1, *s2)
     fd_eig = frechet_distance(*s1, *s2, method="eig")
-    assert np.isfinite(fd_sqrtm) and fd_sqrtm > 0
+    # independently: tr((S1 S2)^1/2) = tr((R S2 R)^1/2) with R = S1^1/2, all symmetric
+    w, V = np.linalg.eigh(s1[1])
+    R = (V * np.sqrt(np.clip(w, 0, None))) @ V.T
+    tr = np.sqrt(np.clip(np.linalg.eigvalsh(R @ s2[1] @ R), 0, None)).sum()
+    diff = s1[0] - s2[0]
+    expected = diff @ diff + np.trace(s1[1]) + np.trace(s2[1]) - 2 * tr
+    assert fd_sqrtm == pytest.approx(expected, rel=1e-6)
     assert fd_sqrtm == pytest.approx(fd_eig, rel=1e-4)
 
 
@@ -78,7 +85,12 @@ def test_kid_same_distribution_near_zero_and_shift_positive():
     mean, std = kernel_inception_distance(a, b, subsets=20, subset_size=200)
     assert abs(mean) < 3 * std + 1e-3
     shifted, _ = kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=200)
-    assert shifted > 0.05 and shifted > 10 * abs(mean)
+    # population MMD^2 of k(x, y) = (x.y / d + 1)^3 between N(0, I) and N(0.5, I), d = 16, from
+    # the moments of x.y: E k(X, X') = 1 + 3/d, E k(X, Y) = 1 + 3 * 1.25 / d and
+    # E k(Y, Y') = 1.25^3 + 3 * 1.25 * 1.5 / d + 1.5 / d^2; the estimate's spread is 0.07
+    d = 16
+    population = (1 + 3 / d) + (1.25**3 + 3 * 1.25 * 1.5 / d + 1.5 / d**2) - 2 * (1 + 3.75 / d)
+    assert shifted == pytest.approx(population, abs=0.2)
     # subset_size is clipped to the smaller set; the seed makes it deterministic
     r1 = kernel_inception_distance(a[:50], b, subsets=5, subset_size=1000, seed=7)
     assert r1 == kernel_inception_distance(a[:50], b, subsets=5, subset_size=1000, seed=7)
@@ -125,7 +137,7 @@ def test_inception_architecture(inception, tmp_path):
     path = tmp_path / "pt_inception.pth"
     torch.save(inception.state_dict(), path)
     loaded = build_extractor("inception", weights=str(path))
-    assert len(loaded.settings["weights_sha256"]) == 64
+    assert loaded.settings["weights_sha256"] == sha256_file(path)
     assert loaded.settings["standard_weights"] is False
 
     x = torch.rand(2, 1, 16, 16) * 2 - 1  # grey 16x16, resized to 299 inside

@@ -88,12 +88,15 @@ def test_bf16_autocast_trains_close_to_fp32(tmp_path):
 
 
 def test_fp16_scaler_is_checkpointed_and_restored(tmp_path):
-    t = make(tmp_path, precision="fp16")
+    make(tmp_path / "fp32").fit()
+    run = tmp_path / "fp16"
+    t = make(run, precision="fp16")
     t.fit()
-    assert all(torch.isfinite(torch.tensor(losses(tmp_path))))
-    state = load_state(latest_checkpoint(tmp_path))
+    for a, b in zip(losses(tmp_path / "fp32"), losses(run), strict=True):
+        assert b == pytest.approx(a, rel=0.02)  # measured: 0.3%
+    state = load_state(latest_checkpoint(run))
     assert state["scaler"]["scale"] == t.scaler.get_scale()
-    again = make(tmp_path, precision="fp16")
+    again = make(run, precision="fp16")
     again.resume()
     assert again.scaler.state_dict() == t.scaler.state_dict()
 
@@ -124,7 +127,8 @@ def test_channels_last_images(tmp_path):
                          strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)
     run(tmp_path / "all", channels_last=True, precision="bf16", prefetch=2)
-    assert all(torch.isfinite(torch.tensor(losses(tmp_path / "all"))))
+    for a, b in zip(losses(tmp_path / "nchw"), losses(tmp_path / "all"), strict=True):
+        assert b == pytest.approx(a, rel=0.01)  # bf16: measured 0.06%
 
 
 def test_options_are_settable_and_checked():

@@ -8,6 +8,7 @@ Run directories have a fixed shape: ``config.json`` (the resolved :class:`Config
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -225,7 +226,10 @@ def make_pairs(teacher_run: str | Path, out: str | Path, cfg: Config | None = No
     teacher, tcfg = load_teacher(teacher_run)
     _, tmeta = read_run(teacher_run)
     # the caller's pairs/sampler settings; the data is the teacher's, whatever the caller's says
-    cfg = tcfg if cfg is None else replace(cfg, data=tcfg.data)
+    if cfg is not None:
+        cfg = copy.copy(cfg)
+        cfg.data = tcfg.data
+    cfg = cfg or tcfg
     sigma, steps = tcfg.teacher.sigma_max, cfg.teacher.steps
     storage = {"clean_dtype": cfg.pairs.clean_dtype, "store_noise": cfg.pairs.store_noise}
     if _is_image(tmeta):

@@ -49,6 +49,9 @@ DEFAULT_PRESET = "checkerboard"
 # default of `kdm pairs`; a KDM run takes its data section from the pair store.
 TEACHER_SECTIONS = ("data", "teacher", "teacher_train", "pairs")
 TRAIN_SECTIONS = ("model", "train", "eval")
+# The setting `kdm pairs` reads besides pairs.* and teacher.steps, by teacher kind: the flow
+# teacher's ODE solver (it runs on the CPU), the EDM teacher's device (its solver is fixed).
+PAIRS_TEACHER_READS = {"flow": "teacher.sampler", "edm": "train.device"}
 
 
 def _config(args: argparse.Namespace, base: Config | None = None) -> Config:
@@ -213,16 +216,18 @@ def cmd_teacher_train(args: argparse.Namespace) -> None:
     print(f"teacher run: {api.run_summary(api.train_teacher(cfg, args.out))}")
 
 
-def cmd_pairs(args: argparse.Namespace) -> None:
+def cmd_pairs_make(args: argparse.Namespace) -> None:
+    if not (args.teacher and args.out):  # `kdm pairs` alone, or without one of them
+        raise KDMError("give --teacher RUN and --out STORE to make a pair store (`kdm pairs "
+                       "make`), or use `kdm pairs import SRC --out STORE` or `kdm pairs "
+                       "verify STORE`")
     cfg, meta = read_run(args.teacher)
     if meta["kind"] != "teacher":
         raise KDMError(f"{args.teacher} is a {meta['kind']!r} run, not a teacher")
     cfg = _config(args, cfg)
     # what make_pairs reads of the config; other settings would be silently ignored
-    image = len(meta["shape"]) == 3
     check_overrides_act(cfg, args.set or [], (
-        "pairs", "teacher.steps", "train.device" if image else "teacher.sampler"),
-        "kdm pairs")
+        "pairs", "teacher.steps", PAIRS_TEACHER_READS[cfg.teacher.kind]), "kdm pairs")
     keys = override_keys(args.set or [])
     for flag, key, value in (("--n", "pairs.n", args.n), ("--seed", "pairs.seed", args.seed)):
         if value is not None and key in keys:
@@ -507,15 +512,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(t)
     t.set_defaults(fn=cmd_teacher_train)
 
-    s = sub.add_parser("pairs", help="run a teacher on seeded noise into a pair store; "
-                       "`kdm pairs import` / `kdm pairs verify`", epilog=EPILOG)
-    s.add_argument("--teacher", required=True, help="teacher run directory")
-    s.add_argument("--out", required=True, help="pair store directory (resumed if it exists)")
-    s.add_argument("--n", type=_count, help="number of pairs (pairs.n), e.g. 50000 or "
-                   "5e4")
-    s.add_argument("--seed", type=int, help="base noise seed (pairs.seed)")
-    _add_config_args(s, with_preset=False)
-    s.set_defaults(fn=cmd_pairs)
+    # `kdm pairs make|import|verify`; `kdm pairs` with make's options and no subcommand is make
+    s = sub.add_parser("pairs", help="pair stores: make (run a teacher on seeded noise), "
+                       "import (another tool's pairs), verify", epilog=EPILOG,
+                       description="`kdm pairs --teacher RUN --out STORE` is short for "
+                       "`kdm pairs make --teacher RUN --out STORE`.")
+    _add_make_args(s, required=False)
+    s.set_defaults(fn=cmd_pairs_make)
+    psub = s.add_subparsers(parser_class=_Parser, metavar="{make,import,verify}")
+    m = psub.add_parser("make", help="run a teacher on seeded noise into a pair store "
+                        "(resumable)", epilog=EPILOG)
+    _add_make_args(m, required=True)
+    m.set_defaults(fn=cmd_pairs_make)
+    m = psub.add_parser("import", help="a pair store from a (T, N, D) trajectory .npy or a "
+                        "folder of per-example .npz")
+    m.add_argument("src", help="a (T, N, D) trajectory .npy, or a folder of per-example .npz")
+    m.add_argument("--out", required=True, help="new pair store directory")
+    m.add_argument("--order", choices=["auto", "noise-first", "clean-first"], default="auto",
+                   help="which trajectory end is noise (auto: detect from statistics)")
+    m.add_argument("--sigma-max", type=float, help="noise scale (default: measured)")
+    m.add_argument("--shard-size", type=int, default=10_000)
+    m.set_defaults(fn=cmd_pairs_import)
+    m = psub.add_parser("verify", help="check every shard of a pair store: sha256, header "
+                        "and NaN/inf")
+    m.add_argument("store", help="pair store directory")
+    m.set_defaults(fn=cmd_pairs_verify)
 
     s = sub.add_parser("train", help="distill a pair store into a one-step KDM", epilog=EPILOG)
     s.add_argument("--pairs", help="pair store directory")
@@ -588,22 +609,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_pairs_tool_parser(name: str) -> argparse.ArgumentParser:
-    """The parser of ``kdm pairs import`` or ``kdm pairs verify`` (subcommands of ``pairs``,
-    whose own options are those of generating a store)."""
-    p = _Parser(prog=f"kdm pairs {name}")
-    if name == "verify":
-        p.add_argument("store", help="pair store directory")
-        p.set_defaults(fn=cmd_pairs_verify)
-        return p
-    p.add_argument("src", help="a (T, N, D) trajectory .npy, or a folder of per-example .npz")
-    p.add_argument("--out", required=True, help="new pair store directory")
-    p.add_argument("--order", choices=["auto", "noise-first", "clean-first"], default="auto",
-                   help="which trajectory end is noise (auto: detect from statistics)")
-    p.add_argument("--sigma-max", type=float, help="noise scale (default: measured)")
-    p.add_argument("--shard-size", type=int, default=10_000)
-    p.set_defaults(fn=cmd_pairs_import)
-    return p
+def _add_make_args(p: argparse.ArgumentParser, required: bool) -> None:
+    """The options of ``kdm pairs make`` (also those of ``kdm pairs`` itself, where they are
+    optional so that a subcommand can stand alone)."""
+    p.add_argument("--teacher", required=required, help="teacher run directory")
+    p.add_argument("--out", required=required, help="pair store directory (resumed if it "
+                   "exists)")
+    p.add_argument("--n", type=_count, help="number of pairs (pairs.n), e.g. 50000 or 5e4")
+    p.add_argument("--seed", type=int, help="base noise seed (pairs.seed)")
+    _add_config_args(p, with_preset=False)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -663,10 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     stopped by a signal after its checkpoint: one line and 128 + the signal number)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        tool = argv[1] if argv[:1] == ["pairs"] and argv[1:2] in (["import"], ["verify"]) else ""
-        args = (build_pairs_tool_parser(tool).parse_args(argv[2:]) if tool
-                else build_parser().parse_args(argv))
-        _run(args)
+        _run(build_parser().parse_args(argv))
         sys.stdout.flush()  # a closed pipe shows here, inside the guard
     except KDMError as e:  # one line, even when the message quotes a multi-line input
         return _fail(str(e))

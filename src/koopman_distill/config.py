@@ -2,6 +2,8 @@
 
 Every run directory and pair store saves the resolved :class:`Config` as JSON; the CLI derives
 its ``--set section.field=value`` overrides from these dataclasses, so every value is settable.
+Each field carries its own check (a range or the allowed choices) and, where it acts only with
+another setting, that setting: both travel with the field, whatever it is named.
 """
 
 from __future__ import annotations
@@ -11,10 +13,44 @@ import dataclasses
 import json
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import KDMError
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a config value must be (for a list: each entry): ``ok(value)``; ``says`` names the
+    rule in the error, "<key> must be <says>, got <value>"."""
+
+    says: str
+    ok: Callable[[Any], bool]
+    choices: tuple[str, ...] = ()  # the allowed values, for a choice
+
+
+POSITIVE = Check("> 0", lambda v: v > 0)
+NONNEGATIVE = Check(">= 0", lambda v: v >= 0)
+UNIT = Check("in [0, 1]", lambda v: 0 <= v <= 1)
+FRACTION = Check("in [0, 1)", lambda v: 0 <= v < 1)
+# Explicitly unchecked (seeds, free text, paths, real numbers of any sign); floats must still
+# be finite.
+ANY = Check("any value", lambda v: True)
+
+
+def one_of(*choices: str) -> Check:
+    return Check(f"one of {', '.join(choices)}", lambda v: v in choices, choices)
+
+
+def checked(default: Any, check: Check, *, acts_with: tuple[str, ...] = ()) -> Any:
+    """A config field holding ``default`` (a list is copied per instance), validated by
+    ``check``; ``acts_with`` lists the ``field=value`` settings of the same section without
+    which it does nothing (an override of it alone is refused)."""
+    meta = {"check": check, "acts_with": acts_with}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -27,11 +63,12 @@ class DataConfig:
     to a ``.npy``/``.npz`` image array, resized or padded to ``resolution``.
     """
 
-    source: str = "checkerboard"
-    n: int = 500_000  # samples drawn from an embedded distribution (0 = all, for datasets)
-    seed: int = 0
-    resolution: int = 0  # image side length; 0 = 2-D point data
-    channels: int = 0  # image channels (1 or 3); 0 = the source's own
+    source: str = checked("checkerboard", ANY)  # a dataset name or a path
+    # samples drawn from an embedded distribution (0 = all, for datasets)
+    n: int = checked(500_000, NONNEGATIVE)
+    seed: int = checked(0, ANY)
+    resolution: int = checked(0, NONNEGATIVE)  # image side length; 0 = 2-D point data
+    channels: int = checked(0, NONNEGATIVE)  # image channels (1 or 3); 0 = the source's own
     conditional: bool = False  # class-conditional teacher and KDM (needs labels)
 
 
@@ -39,11 +76,11 @@ class DataConfig:
 class UNetConfig:
     """A DDPM++-style UNet (the reference's SongUNet); shared by the EDM teacher and image KDM."""
 
-    channels: int = 64  # channels at the first level
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
-    num_blocks: int = 4  # residual blocks per level
-    attn_resolutions: list[int] = field(default_factory=lambda: [16])
-    dropout: float = 0.1
+    channels: int = checked(64, POSITIVE)  # channels at the first level
+    channel_mult: list[int] = checked([1, 2, 2, 2], POSITIVE)
+    num_blocks: int = checked(4, POSITIVE)  # residual blocks per level
+    attn_resolutions: list[int] = checked([16], POSITIVE)
+    dropout: float = checked(0.1, FRACTION)
 
 
 @dataclass
@@ -55,20 +92,23 @@ class TeacherConfig:
     on the Karras schedule (``sigma_min``, ``sigma_max``, ``rho``; 18 steps = 35 NFE).
     """
 
-    kind: str = "flow"  # flow | edm
-    width: int = 256
-    depth: int = 4
-    time_features: int = 16
-    x_features: int = 8  # Fourier features of x per coordinate (0 = raw x only)
-    x_fmax: float = 16.0  # highest Fourier frequency (rad per unit of x); lowest is 1
-    sigma_max: float = 1.0  # std of the noise x_T the ODE starts from
-    sampler: str = "heun"  # euler | midpoint | heun | rk4
-    steps: int = 25  # fixed ODE steps; NFE depends on the sampler (heun: 2 per step)
-    sigma_min: float = 0.002  # edm only
-    rho: float = 7.0  # edm only: Karras schedule exponent
-    sigma_data: float = 0.5  # edm only
-    P_mean: float = -1.2  # edm only: log-normal training noise levels
-    P_std: float = 1.2
+    kind: str = checked("flow", one_of("flow", "edm"))
+    width: int = checked(256, POSITIVE)
+    depth: int = checked(4, POSITIVE)
+    time_features: int = checked(16, NONNEGATIVE)
+    # Fourier features of x per coordinate (0 = raw x only)
+    x_features: int = checked(8, NONNEGATIVE)
+    # highest Fourier frequency (rad per unit of x); lowest is 1
+    x_fmax: float = checked(16.0, POSITIVE)
+    sigma_max: float = checked(1.0, POSITIVE)  # std of the noise x_T the ODE starts from
+    sampler: str = checked("heun", one_of("euler", "midpoint", "heun", "rk4"))
+    # fixed ODE steps; NFE depends on the sampler (heun: 2 per step)
+    steps: int = checked(25, POSITIVE)
+    sigma_min: float = checked(0.002, POSITIVE)  # edm only
+    rho: float = checked(7.0, POSITIVE)  # edm only: Karras schedule exponent
+    sigma_data: float = checked(0.5, POSITIVE)  # edm only
+    P_mean: float = checked(-1.2, ANY)  # edm only: log-normal training noise levels
+    P_std: float = checked(1.2, POSITIVE)
     unet: UNetConfig = field(default_factory=UNetConfig)  # edm only
 
 
@@ -76,16 +116,21 @@ class TeacherConfig:
 class PairsConfig:
     """How ``kdm pairs`` runs the teacher."""
 
-    n: int = 50_000
-    shard_size: int = 10_000
-    batch_size: int = 10_000
-    seed: int = 1
-    clean_dtype: str = "float32"  # float32 | float16 (halves image stores)
+    n: int = checked(50_000, POSITIVE)
+    shard_size: int = checked(10_000, POSITIVE)
+    batch_size: int = checked(10_000, POSITIVE)
+    seed: int = checked(1, ANY)
+    # float16 halves image stores
+    clean_dtype: str = checked("float32", one_of("float32", "float16"))
     store_noise: bool = True  # false: store a seed per pair and regenerate x_T on reading
     # 2-D teachers: draw the pairs' x_T with std noise_scale * sigma_max. Above 1 it puts more
     # pairs in the Gaussian's tails, where a one-step student generalises worst between pairs;
     # sampling still draws x_T ~ N(0, sigma_max^2 I).
-    noise_scale: float = 1.0
+    noise_scale: float = checked(1.0, POSITIVE)
+
+
+_KDM = "method=kdm"  # the settings of KDM's loss and K act only for KDM, not the baselines
+_EIGEN = (_KDM, "koopman=eigen")
 
 
 @dataclass
@@ -106,31 +151,38 @@ class ModelConfig:
     samples with ``sample_steps`` Euler steps.
     """
 
-    method: str = "kdm"  # kdm | kd | rectified
-    sample_steps: int = 1  # rectified only: Euler steps of one sample
-    width: int = 256
-    depth: int = 5  # linear layers per network
-    latent_dim: int = 256
-    koopman: str = "dense"  # dense | eigen
-    koopman_bias: bool = True  # dense only: K z + b
-    sigma_z: float = 0.4  # latent noise during training
-    sigma_z_schedule: str = "constant"  # constant | cosine (decays to 0 by the last step)
-    distance: str = "l2"  # l2 | pseudo_huber | lpips (images)
-    huber_c: float = 0.03
-    w_latent: float = 1.0
-    w_rec: float = 1.0
-    w_push: float = 1.0
-    w_inverse: float = 1.0  # eigen only: inverse-consistency loss
-    w_spectrum: float = 0.0  # eigen only: spectrum loss to the target distribution
-    spectrum_target: str = "disk"  # disk (uniform on the unit disk) | circle (|lambda| = 1)
-    r_min: float = 0.0  # eigen init: |lambda| ring
-    r_max: float = 1.0
+    method: str = checked("kdm", one_of("kdm", "kd", "rectified"))
+    # Euler steps of one sample
+    sample_steps: int = checked(1, POSITIVE, acts_with=("method=rectified",))
+    width: int = checked(256, POSITIVE)
+    depth: int = checked(5, POSITIVE)  # linear layers per network
+    latent_dim: int = checked(256, POSITIVE)
+    koopman: str = checked("dense", one_of("dense", "eigen"), acts_with=(_KDM,))
+    koopman_bias: bool = checked(True, ANY, acts_with=(_KDM, "koopman=dense"))  # K z + b
+    sigma_z: float = checked(0.4, NONNEGATIVE, acts_with=(_KDM,))  # latent noise in training
+    # cosine: decays to 0 by the last step
+    sigma_z_schedule: str = checked("constant", one_of("constant", "cosine"), acts_with=(_KDM,))
+    distance: str = checked("l2", one_of("l2", "pseudo_huber", "lpips"))  # lpips: images
+    huber_c: float = checked(0.03, POSITIVE, acts_with=("distance=pseudo_huber",))
+    w_latent: float = checked(1.0, NONNEGATIVE, acts_with=(_KDM,))
+    w_rec: float = checked(1.0, NONNEGATIVE, acts_with=(_KDM,))
+    w_push: float = checked(1.0, NONNEGATIVE, acts_with=(_KDM,))
+    w_inverse: float = checked(1.0, NONNEGATIVE, acts_with=_EIGEN)  # inverse-consistency loss
+    # spectrum loss to the target distribution
+    w_spectrum: float = checked(0.0, NONNEGATIVE, acts_with=_EIGEN)
+    # disk (uniform on the unit disk) | circle (|lambda| = 1)
+    spectrum_target: str = checked("disk", one_of("disk", "circle"), acts_with=_EIGEN)
+    r_min: float = checked(0.0, NONNEGATIVE, acts_with=_EIGEN)  # eigen init: |lambda| ring
+    r_max: float = checked(1.0, NONNEGATIVE, acts_with=_EIGEN)
     unet: UNetConfig = field(default_factory=UNetConfig)  # images only
-    latent_channels: int = 1  # images only
-    projection: int = 0  # images only: linear projection of the flat latent (0 = none)
-    w_adv: float = 0.0  # images only: generator adversarial weight (reference: 0.01)
-    disc_channels: int = 64  # images only: patch discriminator width
-    lpips_weights: str = ""  # distance lpips: local VGG16+LPIPS weights file(s), comma-separated
+    latent_channels: int = checked(1, POSITIVE)  # images only
+    # images only: linear projection of the flat latent (0 = none)
+    projection: int = checked(0, NONNEGATIVE)
+    # images only: generator adversarial weight (reference: 0.01)
+    w_adv: float = checked(0.0, NONNEGATIVE)
+    disc_channels: int = checked(64, POSITIVE)  # images only: patch discriminator width
+    # local VGG16+LPIPS weights file(s), comma-separated
+    lpips_weights: str = checked("", ANY, acts_with=("distance=lpips",))
 
 
 @dataclass
@@ -145,55 +197,64 @@ class TrainConfig:
     at some speed cost.
     """
 
-    steps: int = 20_000
-    batch_size: int = 4096  # global, over all processes
-    micro_batch: int = 0  # rows per process and forward pass (0 = its whole share)
-    lr: float = 3e-4
-    lr_schedule: str = "constant"  # constant | cosine
-    warmup: int = 0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float = 0.0  # 0 = off
-    ema_decay: float = 0.9999
+    steps: int = checked(20_000, POSITIVE)
+    batch_size: int = checked(4096, POSITIVE)  # global, over all processes
+    # rows per process and forward pass (0 = its whole share)
+    micro_batch: int = checked(0, NONNEGATIVE)
+    lr: float = checked(3e-4, POSITIVE)
+    lr_schedule: str = checked("constant", one_of("constant", "cosine"))
+    warmup: int = checked(0, NONNEGATIVE)
+    beta1: float = checked(0.9, FRACTION)
+    beta2: float = checked(0.999, FRACTION)
+    grad_clip: float = checked(0.0, NONNEGATIVE)  # 0 = off
+    ema_decay: float = checked(0.9999, UNIT)
     ema_warmup: bool = True  # decay_t = min(ema_decay, (1 + t) / (10 + t))
-    seed: int = 0
-    log_every: int = 50
-    eval_every: int = 1000
-    ckpt_every: int = 1000
-    keep_checkpoints: int = 2
-    max_nonfinite: int = 20  # consecutive non-finite steps before the run stops
+    seed: int = checked(0, ANY)
+    log_every: int = checked(50, POSITIVE)
+    eval_every: int = checked(1000, NONNEGATIVE)
+    ckpt_every: int = checked(1000, POSITIVE)
+    keep_checkpoints: int = checked(2, POSITIVE)
+    # consecutive non-finite steps before the run stops
+    max_nonfinite: int = checked(20, POSITIVE)
     progress: bool = True
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
+    # auto (cuda when available) | cpu | cuda | cuda:N; checked against the machine's devices
+    # when the run starts
+    device: str = checked("auto", ANY)
+    # autocast; fp16 with a gradient scaler
+    precision: str = checked("fp32", one_of("fp32", "bf16", "fp16"))
     channels_last: bool = False  # images: NHWC memory layout (faster convolutions on GPUs)
     compile: bool = False  # torch.compile each network (pays off on GPUs for long runs)
-    prefetch: int = 0  # batches loaded ahead in a background thread (0 = off)
+    # batches loaded ahead in a background thread (0 = off)
+    prefetch: int = checked(0, NONNEGATIVE)
     deterministic: bool = False  # deterministic kernels only (GPU; CPU runs already are)
-    init: str = ""  # a run whose EMA weights start this one (fine-tuning); "" = fresh weights
+    # a run whose EMA weights start this one (fine-tuning); "" = fresh weights
+    init: str = checked("", ANY)
 
 
 @dataclass
 class EvalConfig:
     """Metric settings; written into every evaluation result."""
 
-    n: int = 20_000
-    seed: int = 12345  # noise for evaluation, disjoint from the pair seeds
-    reference_seed: int = 54321  # fresh teacher samples as the reference set
-    projections: int = 512  # sliced Wasserstein directions
-    energy_n: int = 5000  # subsample for the energy distance (O(n^2))
-    extractor: str = "classifier"  # images: classifier | effnet | inception
-    extractor_weights: str = ""  # inception: local FID Inception weights file
-    effnet_resolution: int = 224  # effnet input side (images are resized to it)
-    kid_subset: int = 1000
-    classifier_steps: int = 1500  # training steps of the cached evaluation classifier
-    batch_size: int = 500  # sampling batch for image evaluation
+    n: int = checked(20_000, POSITIVE)
+    seed: int = checked(12345, ANY)  # noise for evaluation, disjoint from the pair seeds
+    reference_seed: int = checked(54321, ANY)  # fresh teacher samples as the reference set
+    projections: int = checked(512, POSITIVE)  # sliced Wasserstein directions
+    energy_n: int = checked(5000, POSITIVE)  # subsample for the energy distance (O(n^2))
+    extractor: str = checked("classifier", one_of("classifier", "effnet", "inception"))
+    extractor_weights: str = checked("", ANY)  # inception: local FID Inception weights file
+    effnet_resolution: int = checked(224, POSITIVE)  # effnet input side (images are resized)
+    kid_subset: int = checked(1000, POSITIVE)
+    # training steps of the cached evaluation classifier
+    classifier_steps: int = checked(1500, POSITIVE)
+    batch_size: int = checked(500, POSITIVE)  # sampling batch for image evaluation
 
 
 @dataclass
 class Config:
-    """Everything a run needs; the preset name is kept for the record."""
+    """Everything a run needs; the preset name is kept for the record. Building one checks
+    every value (:meth:`validate`)."""
 
-    preset: str = "checkerboard"
+    preset: str = checked("checkerboard", ANY)
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -204,6 +265,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -212,14 +276,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        cfg = _from_dict(cls, d, "config")
-        cfg.validate()
-        return cfg
+        return _from_dict(cls, d, "config")
 
     def validate(self) -> None:
-        """Raise a KDMError naming the first value out of its range or choices (``_RANGES``,
-        ``_CHOICES``); every float must be finite."""
-        _check_ranges(self, "")
+        """Raise a KDMError naming the first value that fails its field's check; every float
+        must be finite."""
+        check_fields(self)
 
 
 def _from_dict(cls: type, d: Any, where: str) -> Any:
@@ -255,58 +317,20 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-_POS, _NONNEG, _UNIT, _FRAC = "> 0", ">= 0", "in [0, 1]", "in [0, 1)"
-_TRAIN_RANGES = {"steps": _POS, "batch_size": _POS, "lr": _POS, "warmup": _NONNEG,
-                 "beta1": _FRAC, "beta2": _FRAC, "grad_clip": _NONNEG, "ema_decay": _UNIT,
-                 "log_every": _POS, "eval_every": _NONNEG, "ckpt_every": _POS,
-                 "keep_checkpoints": _POS, "max_nonfinite": _POS}
-# Allowed ranges of numeric fields (list fields: of every entry), by config class.
-_RANGES: dict[type, dict[str, str]] = {
-    DataConfig: {"n": _NONNEG, "resolution": _NONNEG, "channels": _NONNEG},
-    UNetConfig: {"channels": _POS, "channel_mult": _POS, "num_blocks": _POS,
-                 "attn_resolutions": _POS, "dropout": _FRAC},
-    TeacherConfig: {"width": _POS, "depth": _POS, "time_features": _NONNEG,
-                    "x_features": _NONNEG, "x_fmax": _POS, "sigma_max": _POS, "steps": _POS,
-                    "sigma_min": _POS, "rho": _POS, "sigma_data": _POS, "P_std": _POS},
-    PairsConfig: {"n": _POS, "shard_size": _POS, "batch_size": _POS, "noise_scale": _POS},
-    ModelConfig: {"sample_steps": _POS, "width": _POS, "depth": _POS, "latent_dim": _POS,
-                  "sigma_z": _NONNEG, "huber_c": _POS, "w_latent": _NONNEG, "w_rec": _NONNEG,
-                  "w_push": _NONNEG, "w_inverse": _NONNEG, "w_spectrum": _NONNEG,
-                  "r_min": _NONNEG, "r_max": _NONNEG, "latent_channels": _POS,
-                  "projection": _NONNEG, "w_adv": _NONNEG, "disc_channels": _POS},
-    TrainConfig: _TRAIN_RANGES,
-    EvalConfig: {"n": _POS, "projections": _POS, "energy_n": _POS, "effnet_resolution": _POS,
-                 "kid_subset": _POS, "classifier_steps": _POS, "batch_size": _POS},
-}
-# Allowed values of string fields, by config class.
-_CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
-    TeacherConfig: {"kind": ("flow", "edm"), "sampler": ("euler", "midpoint", "heun", "rk4")},
-    PairsConfig: {"clean_dtype": ("float32", "float16")},
-    ModelConfig: {"koopman": ("dense", "eigen"), "distance": ("l2", "pseudo_huber", "lpips"),
-                  "spectrum_target": ("disk", "circle"),
-                  "sigma_z_schedule": ("constant", "cosine")},
-    TrainConfig: {"lr_schedule": ("constant", "cosine")},
-    EvalConfig: {"extractor": ("classifier", "effnet", "inception")},
-}
-_IN_RANGE = {_POS: lambda v: v > 0, _NONNEG: lambda v: v >= 0, _UNIT: lambda v: 0 <= v <= 1,
-             _FRAC: lambda v: 0 <= v < 1}
-
-
-def _check_ranges(obj: Any, where: str) -> None:
-    rules, choices = _RANGES.get(type(obj), {}), _CHOICES.get(type(obj), {})
+def check_fields(obj: Any, where: str = "") -> None:
+    """Check every field of the config dataclass ``obj`` (and of its sections) by the
+    :class:`Check` it carries; ``where`` prefixes the names in the error."""
     for f in dataclasses.fields(obj):
         value, name = getattr(obj, f.name), f"{where}{f.name}"
         if dataclasses.is_dataclass(value):
-            _check_ranges(value, f"{name}.")
+            check_fields(value, f"{name}.")
             continue
-        if f.name in choices and value not in choices[f.name]:
-            raise KDMError(f"{name} must be one of {', '.join(choices[f.name])}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise KDMError(f"{name} must be a finite number, got {value!r}")
-        rule = rules.get(f.name)
+        check = f.metadata.get("check")
         values = value if isinstance(value, list) else [value]
-        if rule and not all(_IN_RANGE[rule](v) for v in values):
-            raise KDMError(f"{name} must be {rule}, got {value!r}")
+        if check and not all(check.ok(v) for v in values):
+            raise KDMError(f"{name} must be {check.says}, got {value!r}")
 
 
 # Measured on 2 CPU cores (docs/benchmarks.md): at equal examples seen, KDM reaches a higher
@@ -509,35 +533,25 @@ def override_keys(overrides: list[str]) -> list[str]:
     return [item.partition("=")[0].strip() for item in overrides]
 
 
-_KDM_ONLY = ("koopman", "koopman_bias", "sigma_z", "sigma_z_schedule", "w_latent", "w_rec",
-             "w_push", "w_inverse", "w_spectrum", "spectrum_target", "r_min", "r_max")
-_EIGEN_ONLY = ("w_inverse", "w_spectrum", "spectrum_target", "r_min", "r_max")
-_KDM = ("model.method=kdm", lambda c: c.model.method == "kdm")
-_EIGEN = ("model.koopman=eigen", lambda c: c.model.koopman == "eigen")
-# Model settings that act only together with others: key -> [(that setting, its test)].
-_ONLY_WITH: dict[str, list[tuple[str, Any]]] = {
-    **{f"model.{k}": [_KDM] + ([_EIGEN] if k in _EIGEN_ONLY else []) for k in _KDM_ONLY},
-    "model.koopman_bias": [_KDM, ("model.koopman=dense", lambda c: c.model.koopman == "dense")],
-    "model.sample_steps": [("model.method=rectified", lambda c: c.model.method == "rectified")],
-    "model.huber_c": [("model.distance=pseudo_huber",
-                       lambda c: c.model.distance == "pseudo_huber")],
-    "model.lpips_weights": [("model.distance=lpips", lambda c: c.model.distance == "lpips")],
-}
-
-
 def check_overrides_act(cfg: Config, overrides: list[str], reads: tuple[str, ...],
                         command: str) -> None:
     """Refuse an override that ``command`` would ignore: one outside what it ``reads``
-    (sections, or single ``section.field`` keys), or a model setting that does nothing with
-    the chosen model (an eigen-only option with a dense ``K``, say)."""
+    (sections, or single ``section.field`` keys), or a setting that does nothing without the
+    ``acts_with`` settings of its field (an eigen-only option with a dense ``K``, say)."""
     for key in override_keys(overrides):
         if key.split(".")[0] not in reads and key not in reads:
             raise KDMError(f"--set {key} has no effect on `{command}`, which reads only "
                            f"{', '.join(reads)}; drop it")
-        for needs, test in _ONLY_WITH.get(key, []):
-            if not test(cfg):
-                raise KDMError(f"--set {key} has no effect without {needs}; set that too or "
-                               "drop it")
+        *path, name = key.split(".")
+        section = cfg
+        for part in path:
+            section = getattr(section, part)
+        f = {f.name: f for f in dataclasses.fields(section)}[name]
+        for needs in f.metadata.get("acts_with", ()):
+            other, _, value = needs.partition("=")
+            if getattr(section, other) != value:
+                raise KDMError(f"--set {key} has no effect without {'.'.join(path)}.{needs}; "
+                               "set that too or drop it")
 
 
 def load_config(path: str) -> Config:
