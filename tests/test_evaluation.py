@@ -126,7 +126,7 @@ def test_two_moons_get_generic_metrics_and_no_board(tmp_path, capsys):
     assert res["shape"] == [2] and "sliced W1" in table
     assert res["student"]["sliced_wasserstein_to_data"] > 0
     bench = evaluate_students({m: tmp_path / m for m in ("kdm", "kd")},
-                              apply_overrides(preset("checkerboard-tiny"), ["eval.n=200"]))
+                              apply_overrides(preset("checkerboard-tiny"), ["eval.n=100"]))
     assert [r["nfe"] for r in bench["rows"] if r["method"] == "teacher"] == [1, 2, 4, 8, 16, 8]
     bench.update(suite="moons", quick=True, preset="checkerboard-tiny")
     bench["checks"] = checks(bench)
