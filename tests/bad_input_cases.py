@@ -453,6 +453,10 @@ CASES: list[Case] = [
         "teacher", "train", "--preset", "checkerboard-tiny", "--out", w.p("t"),
         "--data", w.npy("d.npy", np.zeros((10, 0), np.float32))],
         "must have shape (N, D), got (10, 0)"),
+    Case("teacher data that are not vectors", lambda w: [
+        "teacher", "train", "--preset", "checkerboard-tiny", "--out", w.p("t"),
+        "--data", w.npy("d.npy", np.zeros((10, 3, 2), np.float32))],
+        "must have shape (N, D), got (10, 3, 2)"),
     Case("teacher data with NaN", lambda w: [
         "teacher", "train", "--preset", "checkerboard-tiny", "--out", w.p("t"),
         "--data", w.npy("d.npy", _nan_rows())], "3 rows with NaN/inf"),

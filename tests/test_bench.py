@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
-from koopman_distill.bench import TEACHER_NFES, run_bench
+from koopman_distill.bench import run_bench
 from koopman_distill.cli import main
+from koopman_distill.evaluation.runs import TEACHER_NFES
 from koopman_distill.students.baselines import EVAL_STEPS
 
 
@@ -22,7 +23,7 @@ def test_quick_suite_end_to_end(tmp_path, suite, full_nfe):
     assert _rows(result) == want
     for r in result["rows"]:
         assert r["samples_per_s"] > 0 and r["params"] > 0
-        if r["label"].startswith("teacher (Heun"):
+        if r["name"].startswith("teacher (Heun"):
             assert r["speedup_vs_teacher"] == pytest.approx(1.0)
     params = {r["method"]: r["params"] for r in result["rows"]}
     assert abs(params["kd"] - params["kdm"]) / params["kdm"] < 0.15  # comparable sizes

@@ -100,3 +100,24 @@ def test_far_misses_are_samples_half_a_square_off_and_carry_their_error_share():
         "far_miss_fraction": 0.0, "paired_sq_error_share_from_far_misses": 0.0}
     with pytest.raises(KDMError, match="paired"):
         far_misses(samples[:3], target)
+
+
+def test_extras_apply_to_the_checkerboard_only():
+    from koopman_distill.evaluation.extras import dataset_extras
+
+    assert dataset_extras("/data/moons.npy") is None and dataset_extras(None) is None
+    extras = dataset_extras("checkerboard")
+    centre = square_corners()[:1] + SCALE / 2
+    target = np.repeat(centre, 4, axis=0)
+    samples = target.copy()
+    samples[0] = np.array([1.5, 0.5]) * SCALE  # in the gap of cell (1, 0), squares away
+    got = extras.metrics(samples, target)
+    assert got["inside_fraction"] == pytest.approx(0.75)
+    assert got["far_miss_fraction"] == pytest.approx(0.25)
+    assert got["paired_sq_error_share_from_far_misses"] == pytest.approx(1.0)
+    assert extras.metrics(samples, None) == {"inside_fraction": pytest.approx(0.75)}
+    assert extras.training_metrics(target) == {"inside": 1.0}
+    check = extras.quality_check({"inside_fraction": 0.9}, {"inside_fraction": 0.95})
+    assert check["kdm_inside_minus_kd_inside"] == pytest.approx(-0.05)
+    assert check["quality_target_met"] is False
+    assert check["quality_check"] == "KDM inside - KD inside = -0.0500 (target >= 0)"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import kdm, kdm_proc, read_json
 
-from koopman_distill.api import load_run
+from koopman_distill.api import load_run, load_teacher
 from koopman_distill.io import sha256_file
 from koopman_distill.pairs import PairStore
 
@@ -55,10 +55,18 @@ def test_eval_writes_metrics_and_plots(tiny, tmp_path):
                "--set", "eval.projections=16", "--set", "eval.energy_n=200") == 0
     res = read_json(tmp_path / "eval.json")
     assert res["settings"]["n"] == 400 and res["settings"]["projections"] == 16
-    assert res["kdm"]["nfe"] == 1 and res["teacher"]["nfe"] == 8
-    assert 0 <= res["kdm"]["far_miss_fraction"] <= 1
+    assert res["data"] == "checkerboard" and res["shape"] == [2]
+    assert res["settings"]["data"] == "checkerboard (data.n=4096, data.seed=0), n=400"
+    for side in ("student", "teacher"):
+        assert res[side]["sliced_wasserstein_to_data"] > 0
+    assert res["student"]["nfe"] == 1 and res["teacher"]["nfe"] == 8
+    assert res["student"]["name"] == "KDM (1 step)"
+    assert res["teacher"]["name"] == "teacher (Heun x4)"
+    assert res["teacher"]["paired_sq_error_per_sample"] == 0.0  # the targets themselves
+    assert 0 <= res["student"]["far_miss_fraction"] <= 1
+    assert res["ratios"]["speedup_student_over_teacher"] == pytest.approx(
+        res["student"]["samples_per_s"] / res["teacher"]["samples_per_s"])
     # the protocol: eval.n noise vectors from eval.seed, mapped by KDM and by the teacher
-    from koopman_distill.api import load_teacher
     from koopman_distill.data.checkerboard import inside_fraction
 
     gen = load_run(tiny["kdm"])
@@ -66,18 +74,19 @@ def test_eval_writes_metrics_and_plots(tiny, tmp_path):
     noise = gen.noise(400, res["settings"]["seed"])
     x = gen.map(noise)
     x0 = teacher.sample(noise, solver=tcfg.teacher.sampler, steps=tcfg.teacher.steps)
-    assert res["kdm"]["inside_fraction"] == inside_fraction(x)
+    assert res["student"]["inside_fraction"] == inside_fraction(x)
     assert res["teacher"]["inside_fraction"] == inside_fraction(x0)
     held_out = np.sum((x - x0.numpy()) ** 2, axis=1).mean()
-    assert res["kdm"]["paired_sq_error_per_sample"] == pytest.approx(held_out, rel=1e-5)
-    assert res["kdm"]["paired_mse"] == pytest.approx(held_out / 2, rel=1e-5)
-    for side in ("kdm", "teacher"):  # against fresh teacher samples: only the teacher is near
+    assert res["student"]["paired_sq_error_per_sample"] == pytest.approx(held_out, rel=1e-5)
+    assert res["student"]["paired_mse"] == pytest.approx(held_out / 2, rel=1e-5)
+    for side in ("student", "teacher"):  # against fresh teacher samples: only the teacher is near
         assert res[side]["sliced_wasserstein"] > 0
-    assert res["kdm"]["sliced_wasserstein"] > res["teacher"]["sliced_wasserstein"]
+    assert res["student"]["sliced_wasserstein"] > res["teacher"]["sliced_wasserstein"]
     # the paired error on the run's own training pairs, next to the held-out one
     pairs = PairStore(gen.meta["pairs"]).load(np.arange(400))
     own = np.sum((gen.map(pairs["noise"]) - pairs["clean"]) ** 2, axis=1).mean()
-    assert res["kdm"]["train_pairs_paired_sq_error_per_sample"] == pytest.approx(own, rel=1e-5)
+    assert res["student"]["train_pairs_paired_sq_error_per_sample"] == pytest.approx(own,
+                                                                                     rel=1e-5)
     for name in ("scatter", "noise_structure", "far_misses", "spectrum", "loss"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -115,7 +124,7 @@ def test_pairs_noise_scale_widens_only_the_pairs_noise(tiny, tmp_path, capsys):
                "--set", "eval.projections=8", "--set", "eval.energy_n=100") == 0
     assert "(their noise drawn 2x wider)" in capsys.readouterr().out
     res = read_json(tmp_path / "run" / "eval" / "eval.json")
-    assert res["kdm"]["train_pairs_noise_scale"] == 2.0
+    assert res["student"]["train_pairs_noise_scale"] == 2.0
     assert load_run(tmp_path / "run").noise(20000).std().item() == pytest.approx(1.0, rel=0.03)
     # another noise scale is another store, never mixed into this one
     one_line_error(kdm_proc("pairs", "--teacher", tiny["teacher"], "--out", out,
@@ -146,7 +155,11 @@ def test_import_authors_checkerboard_then_train_and_sample(tmp_path):
     assert kdm("eval", tmp_path / "run", "--no-plots", "--set", "eval.n=200",
                "--set", "eval.projections=8", "--set", "eval.energy_n=100") == 0
     res = read_json(tmp_path / "run" / "eval" / "eval.json")
-    assert "teacher" not in res and "train_pairs_paired_mse" in res["kdm"]
+    assert "teacher" not in res and "train_pairs_paired_mse" in res["student"]
+    # imported pairs record no data: no data metrics and none of the board's extras
+    assert res["data"] is None and res["settings"]["data"] is None
+    assert not any("inside" in k or "to_data" in k for k in res["student"])
+    assert res["settings"]["reference"] == "training pairs (teacher not available)"
 
 
 def test_resume_after_killed_train(tiny, tmp_path):
@@ -320,7 +333,7 @@ def test_eval_of_a_baseline_run_names_it_and_counts_its_steps(tiny, tmp_path, ca
                "--set", "eval.energy_n=100") == 0
     assert "| rectified flow (3 steps) | 3 " in capsys.readouterr().out
     res = read_json(tmp_path / "rf" / "eval" / "eval.json")
-    assert res["method"] == "rectified" and res["kdm"]["nfe"] == 3
+    assert res["method"] == "rectified" and res["student"]["nfe"] == 3
     # scatter and noise structure as for KDM; no Koopman operator, so no spectrum
     assert set(res["plots"]) == {"scatter", "noise_structure", "far_misses", "loss"}
     assert not (tmp_path / "rf" / "eval" / "spectrum.png").exists()

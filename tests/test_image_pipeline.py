@@ -63,18 +63,20 @@ def test_digits_pipeline_end_to_end(digits, capsys) -> None:
     assert res["settings"]["extractor"] == "classifier"
     assert res["settings"]["extractor_settings"]["data_sha256"]
     assert "load_digits" in res["settings"]["reference"]
-    for who, nfe in (("teacher", 7), ("kdm", 1)):
+    for who, nfe in (("teacher", 7), ("student", 1)):
         r = res[who]
         assert r["nfe"] == nfe and r["fd"] >= 0 and np.isfinite(r["kid"])
         assert 0 <= r["class_accuracy"] <= 1 and r["samples_per_s"] > 0
+    assert res["teacher"]["paired_mse"] == 0.0  # the targets themselves
+    assert res["reference"]["n"] == res["settings"]["n"] and "inside" not in json.dumps(res)
     # the protocol: eval.n noise images and labels from eval.seed, mapped by KDM and teacher
     gen, (teacher, _) = load_run(digits["kdm"]), load_teacher(digits["teacher"])
     n, seed = res["settings"]["n"], res["settings"]["seed"]
     noise, labels = gen.noise(n, seed), gen.labels(n, seed)
     with torch.no_grad():
         x0 = teacher.sample(noise, labels).numpy()
-    assert res["kdm"]["paired_mse"] == pytest.approx(np.mean((gen.map(noise, labels) - x0) ** 2),
-                                                      rel=1e-4)
+    assert res["student"]["paired_mse"] == pytest.approx(
+        np.mean((gen.map(noise, labels) - x0) ** 2), rel=1e-4)
     assert Path(res["plots"]["samples"]).stat().st_size > 1000
 
     # the second run reuses every stage

@@ -19,11 +19,12 @@ from conftest import kdm
 from safetensors.torch import load_file, save_file
 
 from koopman_distill import cli, resources
-from koopman_distill.api import OneStepGenerator, load_run
+from koopman_distill.api import StudentRun, load_run
 from koopman_distill.config import preset
 from koopman_distill.data.arrays import load_array
 from koopman_distill.data.images import load_images
 from koopman_distill.errors import KDMError
+from koopman_distill.evaluation import core as evaluation_core
 from koopman_distill.training.checkpoint import latest_checkpoint
 
 
@@ -53,13 +54,13 @@ def saved(arr: np.ndarray) -> bytes:
 
 
 class Calls:
-    """Wraps OneStepGenerator.map, recording the row count of each call; ``fail_at`` makes
-    that call raise ``error`` instead."""
+    """Wraps StudentRun.map (kdm sample) and the evaluation's sampling (kdm eval), recording
+    the row count of each call; ``fail_at`` makes that call raise ``error`` instead."""
 
     def __init__(self, monkeypatch, fail_at: int | None = None,
                  error: type[BaseException] = KeyboardInterrupt) -> None:
         self.rows: list[int] = []
-        original = OneStepGenerator.map
+        original = StudentRun.map
 
         def spy(gen, noise, *a, **kw):
             self.rows.append(len(noise))
@@ -67,7 +68,14 @@ class Calls:
                 raise error()
             return original(gen, noise, *a, **kw)
 
-        monkeypatch.setattr(OneStepGenerator, "map", spy)
+        monkeypatch.setattr(StudentRun, "map", spy)
+        draw = evaluation_core.draw
+
+        def spy_draw(sample, noise, *a, **kw):
+            self.rows.append(len(noise))
+            return draw(sample, noise, *a, **kw)
+
+        monkeypatch.setattr(evaluation_core, "draw", spy_draw)
 
 
 # -- chunked noise and sampling are one draw ----------------------------------------------------
@@ -82,7 +90,7 @@ class Identity(torch.nn.Module):
 ])
 def test_noise_and_samples_in_chunks_are_one_draw(shape, classes, ns):
     meta = {"sigma_max": 1.5, "shape": list(shape), "num_classes": classes}
-    gen = OneStepGenerator(Identity(), preset("checkerboard-tiny"), meta)
+    gen = StudentRun(Identity(), preset("checkerboard-tiny"), meta)
     for n in ns:
         g = torch.Generator().manual_seed(4)
         # the noise of before chunking: existing seeds keep their samples

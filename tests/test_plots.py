@@ -32,13 +32,22 @@ def board():
 
 def test_scatter_compare(tmp_path, board):
     rng = np.random.default_rng(0)
+    captions = []
     out = plots.scatter_compare({"teacher (NFE 100)": board,
                                  "KDM (1 step)": board + 0.3 * rng.standard_normal(board.shape)},
-                                tmp_path / "scatter.png", title="checkerboard")
+                                tmp_path / "scatter.png", title="checkerboard",
+                                background=plots.draw_board,
+                                caption=lambda p: captions.append(len(p)) or "x")
     assert out == tmp_path / "scatter.png"
     _check_png(out, tmp_path)
     img = matplotlib.image.imread(out)
     assert img.shape[1] > 1.5 * img.shape[0]  # two panels side by side
+    assert captions == [2000, 2000]
+    # any point cloud, even a collapsed one, gets limits of its own and no board
+    generic = plots.scatter_compare({"moons": 10 + rng.standard_normal((300, 2)),
+                                     "one point": np.full((50, 2), 3.0)}, tmp_path / "g.png",
+                                    axis_labels=("principal axis 1", "principal axis 2"))
+    _check_png(generic, tmp_path)
 
 
 def test_noise_structure_two_rows(tmp_path, board):

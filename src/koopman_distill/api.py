@@ -8,10 +8,10 @@ Run directories have a fixed shape: ``config.json`` (the resolved :class:`Config
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,16 +20,16 @@ import numpy as np
 import torch
 
 from .config import Config, apply_overrides
-from .data.checkerboard import inside_fraction
-from .domains import domain_for
+from .domains import Domain, domain_for
 from .errors import KDMError, warn
+from .evaluation.extras import dataset_extras
 from .io import read_json, remove_temp_files, write_json
 from .labels import check_labels
 from .pairs import PairStore, write_pairs
 from .pairs.store import draw_noise
-from .protocols import Teacher
+from .protocols import Sampler, Teacher
 from .runs import RUN_FORMAT, read_run
-from .students import build_student, student_label, student_nfe
+from .students import build_student, sampling_path_params, student_label, student_nfe
 from .teachers import build_teacher, load_run_teacher, teacher_tensors
 from .training import Batches, Trainer
 from .training.checkpoint import latest_checkpoint, load_into, load_weights, step_of
@@ -114,10 +114,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _is_image(meta: dict[str, Any]) -> bool:
-    return len(meta["shape"]) == 3
-
-
 def _weights(run: Path, ema: bool) -> dict[str, torch.Tensor]:
     ckpt = latest_checkpoint(run)
     if ckpt is None:
@@ -178,8 +174,10 @@ def make_pairs(teacher: Teacher | str | Path, out: str | Path, cfg: Config | Non
 
     ``teacher`` is a :class:`~.protocols.Teacher` object or a teacher run directory (its EMA
     weights, with the sampler of ``cfg.teacher``: ``steps`` and ``sampler``). ``cfg`` holds the
-    ``pairs`` settings and ``train.device`` (default: the run's config; for an object, the
-    defaults, and the manifest records no config). Shard ``i`` draws its noise from its own
+    ``pairs`` settings and ``train.device`` (default: the run's config, or for an object the
+    defaults). The manifest records the config with a run's own ``data`` section (training on
+    the store takes it from there); for an object it records none, since the data is the
+    teacher's own affair. Shard ``i`` draws its noise from its own
     seed (:func:`~.pairs.store.draw_noise`: per-pair seeds when ``pairs.store_noise`` is off,
     else one draw), then, for a conditional teacher, uniform labels from the same generator;
     the teacher (an ``nn.Module`` is moved to ``train.device``) maps ``pairs.batch_size`` rows
@@ -188,9 +186,11 @@ def make_pairs(teacher: Teacher | str | Path, out: str | Path, cfg: Config | Non
     settings is refused.
     """
     init_distributed()
-    record = cfg
+    record = None
     if isinstance(teacher, (str, os.PathLike)):
-        cfg = cfg or read_run(teacher)[0]
+        run_cfg = read_run(teacher)[0]
+        cfg = copy.copy(cfg) if cfg is not None else run_cfg
+        cfg.data = run_cfg.data  # the data the teacher learned, whatever the caller's says
         record = cfg
         teacher = load_run_teacher(teacher, steps=cfg.teacher.steps,
                                    solver=cfg.teacher.sampler)[0]
@@ -273,6 +273,15 @@ def build_kdm(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
                          int(meta.get("num_classes", 0)))
 
 
+def data_source(cfg: Config, meta: dict[str, Any]) -> str | None:
+    """The ``data.source`` the teacher of a student run learned, or None when the run's pair
+    store does not record it (imported pairs; a store not on this machine): the config a
+    store records is the teacher's (:func:`train_kdm` takes ``cfg.data`` from it)."""
+    if not Path(meta["pairs"], "manifest.json").is_file():
+        return None
+    return cfg.data.source if PairStore(meta["pairs"]).manifest.get("config") else None
+
+
 def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
              resume: bool) -> Path:
     seed_everything(cfg.train.seed)
@@ -285,20 +294,22 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
     # the first pairs, scored in training: at least 256, and 4096 numbers
     probe_rows = min(len(data), max(256, 4096 // math.prod(meta["shape"])))
     probe = {k: v.to(device) for k, v in data.rows(torch.arange(probe_rows)).items()}
+    # the dataset's own metrics (the checkerboard's inside rate) of samples from fresh noise
+    extras = dataset_extras(data_source(cfg, meta))
     g = torch.Generator().manual_seed(cfg.eval.seed)
-    checkerboard = cfg.data.source == "checkerboard" and not _is_image(meta)
     probe_noise = (meta["sigma_max"] * torch.randn(min(cfg.eval.n, 5000), *meta["shape"],
                                                     generator=g).to(device)
-                   if checkerboard else None)
+                   if extras is not None else None)
 
     def evaluate(ema: torch.nn.Module, step: int) -> dict[str, float]:
+        """The error on the first training pairs, and the dataset's extras."""
         with torch.no_grad():
             ema.eval()
             labels = probe["label"] if meta["num_classes"] else None  # a store's may be unused
             res = {"pair_mse": (ema(probe["noise"], labels) - probe["clean"]).square().mean()
                    .item()}
-            if checkerboard:
-                res["inside"] = inside_fraction(ema(probe_noise).cpu().numpy())
+            if extras is not None:
+                res.update(extras.training_metrics(ema(probe_noise).cpu().numpy()))
         return res
 
     trainer = Trainer(model, data, cfg.train, out, evaluate=evaluate, device=device,
@@ -394,21 +405,23 @@ def run_summary(run: str | Path) -> str:
     return f"{run}: step {step_of(ckpt) if ckpt else 0}/{steps}{loss}{where}"
 
 
-class OneStepGenerator:
-    """A trained KDM ready to sample: ``sample(n)`` or ``map(noise)`` in one step, or
+class StudentRun:
+    """A trained student (KDM or a baseline) ready to sample: ``sample(n)`` or ``map(noise)``
+    at its own step count (one, or a rectified flow's ``model.sample_steps``), or
     ``sample_chunks`` / ``map_chunks`` for outputs larger than memory (the same values).
 
-    Examples are vectors (dim,) or images (C, R, R); a class-conditional image KDM takes int64
+    Examples are vectors (D,) or images (C, H, W); a class-conditional student takes int64
     labels (n,) (``sample`` draws them uniformly from its seed when none are given).
     """
 
     def __init__(self, model: torch.nn.Module, cfg: Config, meta: dict[str, Any],
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, run: Path | None = None):
         self.device = device or torch.device("cpu")
         self.model, self.cfg, self.meta = model.to(self.device).eval(), cfg, meta
+        self.run = run
 
     @classmethod
-    def load(cls, run: str | Path, ema: bool = True, device: str = "cpu") -> OneStepGenerator:
+    def load(cls, run: str | Path, ema: bool = True, device: str = "cpu") -> StudentRun:
         run = Path(run)
         cfg, meta = read_run(run)
         if meta.get("kind") != "kdm":
@@ -416,7 +429,7 @@ class OneStepGenerator:
         model = build_kdm(cfg, meta)
         weights, ckpt = _weights(run, ema)
         load_into(model, weights, ckpt)
-        return cls(model, cfg, meta, resolve_device(device))
+        return cls(model, cfg, meta, resolve_device(device), run)
 
     @property
     def sigma_max(self) -> float:
@@ -424,12 +437,21 @@ class OneStepGenerator:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of one example: (dim,) or (C, R, R)."""
+        """Shape of one example: (D,) or (C, H, W)."""
         return tuple(self.meta["shape"])
+
+    @property
+    def domain(self) -> Domain:
+        return domain_for(self.shape)
 
     @property
     def num_classes(self) -> int:
         return int(self.meta.get("num_classes", 0))
+
+    @property
+    def method(self) -> str:
+        """``kdm``, ``kd`` or ``rectified``."""
+        return self.cfg.model.method
 
     @property
     def nfe(self) -> int:
@@ -437,14 +459,31 @@ class OneStepGenerator:
         return student_nfe(self.cfg.model)
 
     @property
-    def label(self) -> str:
+    def sampling_steps(self) -> tuple[int, ...]:
+        """The step counts an evaluation reports for this student (``(1,)`` for a one-step
+        student)."""
+        return tuple(self.model.sampling_steps)
+
+    @property
+    def name(self) -> str:
         """Display name of the student, e.g. ``KDM (1 step)``."""
-        return student_label(self.cfg.model.method, self.nfe)
+        return student_label(self.method, self.nfe)
+
+    @property
+    def params(self) -> int:
+        """Parameters on the sampling path (not E_0, not the critic)."""
+        return sampling_path_params(self.model)
 
     @property
     def block(self) -> int:
-        """Rows per network call and per draw of noise: 65536 vectors or 256 images."""
-        return 65536 if len(self.shape) == 1 else 256
+        """Rows per network call and per draw of noise: the domain's."""
+        return self.domain.block
+
+    def sampler(self, steps: int | None = None) -> Sampler:
+        """The student as a :data:`~.protocols.Sampler` on its device, at its own step count
+        or (a multi-step student) at ``steps``."""
+        model = self.model
+        return lambda x, y: model.sample(x, y, steps=steps)
 
     def spans(self, n: int, chunk: int | None = None) -> list[tuple[int, int]]:
         """Row ranges [start, stop) of ``n`` examples in chunks of ``chunk`` rows, a multiple
@@ -528,13 +567,6 @@ def _block_spans(n: int, block: int, numel: int) -> list[tuple[int, int]]:
     return list(zip([0, *stops[:-1]], stops, strict=True))
 
 
-def load_run(run: str | Path, ema: bool = True, device: str = "cpu") -> OneStepGenerator:
-    """Load a KDM run for sampling (EMA weights unless ``ema=False``)."""
-    return OneStepGenerator.load(run, ema, device)
-
-
-def timed(fn: Any, *args: Any) -> tuple[Any, float]:
-    """``fn(*args)`` and its wall time in seconds."""
-    t = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t
+def load_run(run: str | Path, ema: bool = True, device: str = "cpu") -> StudentRun:
+    """Load a student run for sampling (EMA weights unless ``ema=False``)."""
+    return StudentRun.load(run, ema, device)

@@ -30,6 +30,7 @@ from .config import (
     preset,
 )
 from .data.arrays import load_array
+from .domains import domain_for
 from .errors import KDMError, Stopped, first_line
 from .io import atomic_write, write_json
 from .runs import read_run
@@ -335,11 +336,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if meta["kind"] != "kdm":
         raise KDMError(f"{args.run} is a {meta['kind']!r} run, not a KDM run")
     shape = tuple(meta["shape"])
-    if args.grid and len(shape) != 3:
-        raise KDMError("--grid is for image runs; drop it for a 2-D run")
     if args.n is not None:
-        from .domains import domain_for  # imports torch: only once the cheap checks passed
-
         _sample_chunk(out, args.n, shape, meta.get("num_classes", 0), domain_for(shape).block)
     from .api import load_run
 
@@ -358,9 +355,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     def write_grid(head: np.ndarray) -> None:
         nonlocal grid
-        from .analysis.plots import image_grids
-
-        grid = image_grids({gen.label: head}, args.grid)
+        grid = gen.domain.picture({gen.name: head}, Path(args.grid))
 
     _save_array(out, chunks, gen.shape, n, progress=len(gen.spans(n, chunk)) > 1,
                 then=write_grid if args.grid else None)
@@ -401,16 +396,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.preset is not None:
         raise KDMError("--preset does not apply to a run: kdm eval uses the run's own config; "
                        "drop --preset (change eval settings with --set eval.KEY=VALUE)")
-    from .evaluate import evaluate_run, memory_needed
-
     cfg, meta = read_run(args.run)
     cfg = _config(args, cfg)
     check_overrides_act(cfg, args.set or [], ("eval",), "kdm eval RUN")
     out = Path(args.out) if args.out else Path(args.run) / "eval"
     _eval_out(out, args.force, EVAL_FILES)
-    shape = tuple(meta["shape"])
-    resources.check_memory(memory_needed(cfg.eval, shape), f"eval.n={cfg.eval.n}",
-                           "lower it with --set eval.n=N")
+    resources.check_memory(domain_for(meta["shape"]).memory_needed(cfg.eval),
+                           f"eval.n={cfg.eval.n}", "lower it with --set eval.n=N")
+    from .evaluation.runs import evaluate_run
+
     result = evaluate_run(args.run, cfg.eval, out, make_plots=not args.no_plots)
     _print_eval(result)
 
@@ -420,21 +414,30 @@ def _eval_samples(args: argparse.Namespace) -> None:
 
     from .data.arrays import load_points
     from .data.checkerboard import sample_checkerboard
-    from .metrics.twod import evaluate_2d
+    from .evaluation.extras import dataset_extras
+    from .metrics.vectors import evaluate_vectors
 
     cfg = _config(args)
     check_overrides_act(cfg, args.set or [], ("eval",), "kdm eval --samples")
     if args.out:
         _eval_out(Path(args.out), args.force, ("eval.json",))
-    x = load_points(args.samples, what="samples")
+    x = load_points(args.samples, dim=None, what="samples")
     if args.reference:
-        ref, name = load_points(args.reference, what="reference"), args.reference
+        ref, name = load_points(args.reference, dim=x.shape[1], what="reference"), args.reference
+        extras = None
     else:
+        if x.shape[1] != 2:
+            raise KDMError(f"samples {args.samples} are {x.shape[1]}-dimensional; the default "
+                           "reference is the 2-D checkerboard: give --reference FILE.npy")
         g = torch.Generator().manual_seed(cfg.eval.reference_seed)
         ref, name = sample_checkerboard(len(x), g).numpy(), "checkerboard samples"
+        extras = dataset_extras("checkerboard")
     res = {"samples": args.samples, "settings": {**cfg.eval.__dict__, "reference": name},
-           **evaluate_2d(x, reference=ref, projections=cfg.eval.projections,
-                         seed=cfg.eval.seed, energy_n=cfg.eval.energy_n)}
+           **evaluate_vectors(x, reference=ref, projections=cfg.eval.projections,
+                              seed=cfg.eval.seed, energy_n=cfg.eval.energy_n)}
+    if extras is not None:
+        res.update(extras.metrics(x, None))
+        res.update({f"{k}_reference": v for k, v in extras.reference_metrics(ref).items()})
     if args.out:
         write_json(Path(args.out) / "eval.json", res)
     print(json.dumps(res, indent=2))
@@ -444,7 +447,7 @@ def _print_eval(result: dict) -> None:
     from .demo import results_table
 
     print(results_table(result))
-    student = result.get("kdm", {})
+    student = result.get("student", {})
     held_out, own = "paired_sq_error_per_sample", "train_pairs_paired_sq_error_per_sample"
     if held_out in student and own in student:
         line = (f"paired sq. err per sample: held-out {student[held_out]:.2e} ± "
@@ -551,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", help="conditional runs: class ids .npy (N,) (default: uniform "
                    "from --seed)")
     s.add_argument("--class", dest="cls", type=int, help="conditional runs: one class for all")
-    s.add_argument("--grid", help="image runs: also write a PNG grid of the first 100")
+    s.add_argument("--grid", help="also write a PNG of the first 100 samples (a grid of "
+                   "images; a scatter plot of vectors)")
     s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     s.add_argument("--raw", action="store_true", help="use the raw weights, not the EMA")
     s.set_defaults(fn=cmd_sample)
@@ -560,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Eval settings are set with --set eval.KEY=VALUE (repeatable), "
                        "e.g. --set eval.n=5000; `kdm config` prints them all.")
     s.add_argument("run", nargs="?")
-    s.add_argument("--samples", help="evaluate this .npy (N, 2) instead of a run")
-    s.add_argument("--reference", help="with --samples: reference .npy (default: checkerboard)")
+    s.add_argument("--samples", help="evaluate this .npy (N, D) instead of a run")
+    s.add_argument("--reference", help="with --samples: reference .npy (N, D) (default: "
+                   "checkerboard samples, for D = 2)")
     s.add_argument("--out", help="output directory (default RUN/eval)")
     s.add_argument("--force", action="store_true", help="replace an earlier evaluation in --out")
     s.add_argument("--no-plots", action="store_true")

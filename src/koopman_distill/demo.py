@@ -14,9 +14,12 @@ from typing import Any
 
 from .api import make_pairs, read_run, resume_run, train_kdm, train_teacher
 from .config import Config
+from .domains import domain_for
 from .errors import KDMError
-from .evaluate import evaluate_run
-from .students import KDM_LOSS_FIELDS, student_label
+from .evaluation.extras import dataset_extras
+from .evaluation.runs import evaluate_run
+from .evaluation.table import markdown
+from .students import KDM_LOSS_FIELDS
 from .training.checkpoint import latest_checkpoint
 
 # The config sections that decide a stage's result: other settings (evaluation, say) may
@@ -88,52 +91,19 @@ def run_demo(cfg: Config, out: str | Path) -> dict[str, Any]:
     return result
 
 
-def _markdown(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-             for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
-def _student(result: dict[str, Any]) -> str:
-    """The student's row name; ``result["kdm"]`` holds whichever student the run trained."""
-    return student_label(result.get("method", "kdm"), result.get("kdm", {}).get("nfe", 1))
-
-
-def _image_table(result: dict[str, Any]) -> str:
-    timings = result.get("timings", {})
-    rows = [("method", "NFE", "FD", "KID", "class acc.", "paired MSE", "samples/s",
-             "train wall (s)")]
-    for name, key in (("teacher", "teacher"), (_student(result), "kdm")):
-        r = result.get(key)
-        if r is None:
-            continue
-        acc, paired = r.get("class_accuracy"), r.get("paired_mse")
-        rows.append((name, str(r["nfe"]), f"{r['fd']:.3f}", f"{r['kid']:.4f}",
-                     "-" if acc is None else f"{acc:.3f}",
-                     "-" if paired is None else f"{paired:.4f}", f"{r['samples_per_s']:,.0f}",
-                     f"{timings[key]:.0f}" if key in timings else "-"))
-    return _markdown(rows)
-
-
 def results_table(result: dict[str, Any]) -> str:
-    """A Markdown table of teacher vs KDM from an evaluation result."""
-    if "fd" in result.get("kdm", {}):
-        return _image_table(result)
+    """A Markdown table of the teacher and the student of an evaluation result, with the
+    columns of its domain (and of its dataset's extras) and the stages' wall times."""
     timings = result.get("timings", {})
-    rows = [("method", "NFE", "inside squares", "sliced W1", "energy", "paired sq. err",
-             "samples/s", "train wall (s)")]
-    for name, key, stage in (("teacher", "teacher", "teacher"), (_student(result), "kdm", "kdm")):
+    extras = dataset_extras(result.get("data"))
+    columns = (*(extras.columns if extras else ()), *domain_for(result["shape"]).columns)
+    rows = [("method", "NFE", *(c.header for c in columns), "samples/s", "train wall (s)")]
+    for name, key, stage in (("teacher", "teacher", "teacher"), (None, "student", "kdm")):
         r = result.get(key)
         if r is None:
             continue
-        paired = r.get("paired_sq_error_per_sample")
-        se = r.get("paired_sq_error_per_sample_se")
-        rows.append((name, str(r["nfe"]), f"{r['inside_fraction']:.4f}",
-                     f"{r['sliced_wasserstein']:.4f}", f"{r['energy_distance']:.5f}",
-                     "-" if paired is None else f"{paired:.2e}"
-                     + ("" if se is None else f" ± {se:.1e}"),
-                     f"{r['samples_per_s']:,.0f}",
+        cells = ("-" if key == "teacher" and c.paired else c.cell(r, with_se=True)
+                 for c in columns)  # the teacher's outputs are the paired targets
+        rows.append((name or r["name"], str(r["nfe"]), *cells, f"{r['samples_per_s']:,.0f}",
                      f"{timings[stage]:.0f}" if stage in timings else "-"))
-    return _markdown(rows)
+    return markdown(rows)

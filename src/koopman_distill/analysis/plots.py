@@ -1,4 +1,5 @@
-"""Figures for 2-D runs and Koopman operators, written as PNG files.
+"""Figures of samples (scatter panels, image grids), training and Koopman operators, and the
+checkerboard's own figures (noise structure, far misses, the board), written as PNG files.
 
 Figures are built with matplotlib's object API on an Agg canvas: this module never imports
 ``pyplot``, so it neither switches the global backend nor keeps figures alive. Styling is
@@ -9,7 +10,7 @@ leaves no partial file) and every function returns the path it wrote.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Rectangle
 
 from ..data import checkerboard
-from ..data.checkerboard import N_SQUARES, SCALE, inside_fraction, square_corners, square_index
+from ..data.checkerboard import N_SQUARES, SCALE, square_corners, square_index
 from ..errors import KDMError
 from ..io import atomic_write
-from ..metrics.twod import as_points
+from ..metrics.vectors import as_points
 
 DPI = 150
 BOARD_LIM = 5.5  # axis half-width for checkerboard panels
@@ -58,29 +59,33 @@ def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
     return path
 
 
-def _board(ax: Any, lim: float = BOARD_LIM) -> None:
-    """Square axes with limits [-lim, lim] and the occupied squares outlined lightly."""
-    for corner in square_corners():
-        ax.add_patch(Rectangle(tuple(corner), SCALE, SCALE, fill=False, edgecolor="0.5",
-                               linewidth=0.6, alpha=0.6, zorder=0))
-    ax.set_xlim(-lim, lim)
-    ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-
-
 def _scatter(ax: Any, pts: np.ndarray, **kw: Any) -> None:
     """Small rasterised markers, so 10^5 points keep the file light."""
     ax.scatter(pts[:, 0], pts[:, 1], s=kw.pop("s", 1.0), linewidths=kw.pop("linewidths", 0),
                rasterized=True, **kw)
 
 
-def scatter_compare(panels: Mapping[str, Any], out_png: str | os.PathLike,
-                    title: str | None = None) -> Path:
-    """Side-by-side scatter panels of 2-D samples on the checkerboard.
+def _limits(ax: Any, data: Sequence[np.ndarray]) -> None:
+    """Equal-aspect axes around the central 99% of every panel's points, with a margin."""
+    pts = np.concatenate(data)
+    lo, hi = np.percentile(pts, 0.5, axis=0), np.percentile(pts, 99.5, axis=0)
+    pad = 0.05 * float(np.max(hi - lo)) or 1.0
+    ax.set_xlim(lo[0] - pad, hi[0] + pad)
+    ax.set_ylim(lo[1] - pad, hi[1] + pad)
+    ax.set_aspect("equal")
 
-    ``panels`` maps a label (e.g. ``"teacher (NFE 100)"``, ``"KDM (1 step)"``) to points of
-    shape (N, 2). Every panel has the limits [-5.5, 5.5]^2, the occupied squares outlined and
-    the inside fraction in its title.
+
+def scatter_compare(panels: Mapping[str, Any], out_png: str | os.PathLike,
+                    title: str | None = None,
+                    background: Callable[[Any], None] | None = None,
+                    caption: Callable[[np.ndarray], str] | None = None,
+                    axis_labels: tuple[str, str] | None = None) -> Path:
+    """Side-by-side scatter panels of 2-D points (e.g. samples, or their projection).
+
+    ``panels`` maps a label (e.g. ``"teacher (Heun x4)"``, ``"KDM (1 step)"``) to points of
+    shape (N, 2). Every panel has the same limits, around the points (or those that
+    ``background(ax)``, drawn first, sets: the checkerboard's board); ``caption(points)``
+    adds a line to each panel's title after the point count.
     """
     if not panels:
         raise KDMError("scatter_compare needs at least one panel")
@@ -88,12 +93,30 @@ def scatter_compare(panels: Mapping[str, Any], out_png: str | os.PathLike,
     with matplotlib.rc_context(_STYLE):
         fig, axes = _figure(1, len(data), PANEL_SIZE * len(data), PANEL_SIZE + 0.4)
         for ax, (name, pts) in zip(axes[0], data.items(), strict=True):
-            _board(ax)
+            if background is not None:
+                background(ax)
+            else:
+                _limits(ax, list(data.values()))
             _scatter(ax, pts, color="C0", alpha=0.5)
-            ax.set_title(f"{name}\ninside {inside_fraction(pts):.2%} (n={len(pts):,})")
+            extra = f"\n{caption(pts)}" if caption is not None else ""
+            ax.set_title(f"{name} (n={len(pts):,}){extra}")
+            if axis_labels is not None:
+                ax.set_xlabel(axis_labels[0])
+                ax.set_ylabel(axis_labels[1])
         if title:
             fig.suptitle(title)
         return _save(fig, out_png)
+
+
+# -- the checkerboard's figures -------------------------------------------------------------
+def draw_board(ax: Any, lim: float = BOARD_LIM) -> None:
+    """Square axes with limits [-lim, lim] and the occupied squares outlined lightly."""
+    for corner in square_corners():
+        ax.add_patch(Rectangle(tuple(corner), SCALE, SCALE, fill=False, edgecolor="0.5",
+                               linewidth=0.6, alpha=0.6, zorder=0))
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
 
 
 def _by_square(ax: Any, pts: np.ndarray, idx: np.ndarray) -> None:
@@ -142,7 +165,7 @@ def noise_structure(rows: Mapping[str, tuple[Any, Any]], out_png: str | os.PathL
         fig, axes = _figure(len(data), 2, 2 * PANEL_SIZE, (PANEL_SIZE + 0.3) * len(data))
         for (left, right), (name, (noise, samples, idx)) in zip(axes, data.items(), strict=True):
             outside = float(np.mean(idx < 0))
-            _board(left)
+            draw_board(left)
             _by_square(left, samples, idx)
             left.set_title(f"{name}: samples, outside squares {outside:.2%}")
             _by_square(right, noise, idx)
@@ -189,6 +212,7 @@ def far_misses(rows: Mapping[str, tuple[Any, Any, Any]], out_png: str | os.PathL
         return _save(fig, out_png)
 
 
+# -- Koopman operators, training, images, benchmarks --------------------------------------
 def spectrum(eigenvalues: Mapping[str, Any], out_png: str | os.PathLike,
              title: str | None = None) -> Path:
     """Eigenvalues in the complex plane against the unit circle.

@@ -20,10 +20,15 @@ i.e. ``index = 2 * (j + 2) + (i + 2) // 2``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 
 from ..errors import KDMError
+from ..evaluation.table import Column
 
 SCALE = 1 / 0.45
 N_SQUARES = 8
@@ -112,3 +117,56 @@ def square_corners() -> np.ndarray:
     """
     cells = [(i, j) for j in range(-2, 2) for i in range(-2, 2) if (i + j) % 2 == 0]
     return np.array(cells, dtype=np.float64) * SCALE
+
+
+
+class CheckerboardExtras:
+    """The checkerboard's additions to the vector domain's evaluation (the protocol is
+    :class:`~..evaluation.extras.DatasetExtras`): the inside rate, far misses, the board under
+    the plots. Only for runs whose teacher learned this board (``data.source=checkerboard``)."""
+
+    name = "checkerboard"
+    columns = (Column("inside squares", "inside_fraction", ".4f"),)
+    shown = 10_000  # points drawn per noise-structure panel
+
+    def metrics(self, samples: np.ndarray, target: np.ndarray | None) -> dict[str, float]:
+        out = {"inside_fraction": inside_fraction(samples)}
+        if target is not None:
+            out.update(far_misses(samples, target)[1])
+        return out
+
+    def reference_metrics(self, reference: np.ndarray) -> dict[str, float]:
+        return {"inside_fraction": inside_fraction(reference)}
+
+    def training_metrics(self, samples: np.ndarray) -> dict[str, float]:
+        return {"inside": inside_fraction(samples)}
+
+    def quality_check(self, kdm: Mapping[str, Any], kd: Mapping[str, Any]) -> dict[str, Any]:
+        gap = kdm["inside_fraction"] - kd["inside_fraction"]
+        return {"kdm_inside_minus_kd_inside": gap, "quality_target_met": gap >= 0,
+                "quality_check": f"KDM inside - KD inside = {gap:+.4f} (target >= 0)"}
+
+    def background(self, ax: Any) -> None:
+        from ..analysis.plots import draw_board
+
+        draw_board(ax)
+
+    def caption(self, points: np.ndarray) -> str:
+        return f"inside {inside_fraction(points):.2%}"
+
+    def plots(self, out: Path, shown: Mapping[str, tuple[np.ndarray, np.ndarray]],
+              target: str | None) -> dict[str, Path]:
+        """``noise_structure.png`` (which noise lands in which square) of every entry and,
+        against the teacher's (``target``), ``far_misses.png`` of the others."""
+        from ..analysis import plots
+
+        m = self.shown
+        paths = {"noise_structure": plots.noise_structure(
+            {name: (noise[:m], x[:m]) for name, (noise, x) in shown.items()},
+            Path(out) / "noise_structure.png")}
+        if target is not None and len(shown) > 1:
+            noise, teacher = shown[target]
+            paths["far_misses"] = plots.far_misses(
+                {name: (noise, teacher, x) for name, (_, x) in shown.items() if name != target},
+                Path(out) / "far_misses.png", background=m)
+        return paths

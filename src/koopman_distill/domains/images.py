@@ -1,28 +1,35 @@
 """The image domain: examples of shape (C, H, W).
 
 Networks are UNets; metrics are Fréchet distance and KID through an extractor, class accuracy
-and paired error; plots are sample grids.
+and paired error; plots are sample grids. Importing this module does not import torch (the
+CLI's up-front checks read ``block`` and :meth:`Images.memory_needed`); what needs torch
+imports it when called.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from ..config import ModelConfig
 from ..errors import KDMError
-from ..models.discriminator import PatchDiscriminator
-from ..models.unet import (
-    FlatDecoder,
-    FlatEncoder,
-    ProjectedDecoder,
-    ProjectedEncoder,
-    TimeScaledUNet,
-    UNet,
-)
-from .common import Distance, elementwise_distance, nearest_size
+from ..evaluation.table import Column
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from ..config import Config, EvalConfig, ModelConfig
+    from ..evaluation.core import Reference, Scorer, Shown
+    from ..evaluation.extras import DatasetExtras
+    from ..models.unet import UNet
+    from ..protocols import Sampler
+    from .common import Distance
+
+FEATURES = 2048  # the widest extractor's feature dimension (FID Inception)
 DISTANCES = ("l2", "pseudo_huber", "lpips")
 
 
@@ -55,6 +62,8 @@ class Images:
         """KDM's UNets E_T, E_0: (B, C, R, R) -> (B, d) and D: (B, d) -> (B, C, R, R), with
         a ``latent_channels`` x R x R latent map, flattened (``d = latent_channels R^2``) or
         linearly projected to ``d = cfg.projection``; and d."""
+        from ..models.unet import FlatDecoder, FlatEncoder, ProjectedDecoder, ProjectedEncoder, UNet
+
         C, R, Lc, c = self.shape[0], self._side(), cfg.latent_channels, cfg.unet.channels
         enc, dec = (UNet, UNet) if cfg.projection else (FlatEncoder, FlatDecoder)
         E_T = self._unet(enc, cfg, C, Lc, c, num_classes)
@@ -70,6 +79,9 @@ class Images:
         """A baseline's UNet (B, C, R, R) -> (B, C, R, R) taking t in [0, 1] (always; a
         network without ``time_input`` is called with t = 0), with the width (a multiple of
         4) whose parameter count is nearest ``target_params``."""
+        from ..models.unet import TimeScaledUNet
+        from .common import nearest_size
+
         C = self.shape[0]
         width = nearest_size(
             lambda w: self._unet(TimeScaledUNet, cfg, C, C, w, num_classes), target_params,
@@ -83,6 +95,8 @@ class Images:
             raise KDMError(f"unknown distance {cfg.distance!r}; choose one of "
                            f"{', '.join(DISTANCES)}")
         if cfg.distance != "lpips":
+            from .common import elementwise_distance
+
             return lambda a, b: elementwise_distance(a, b, cfg.distance, cfg.huber_c)
         from ..models.lpips import LPIPS
 
@@ -95,6 +109,152 @@ class Images:
 
     def critic(self, cfg: ModelConfig) -> nn.Module:
         """The adversarial critic: a patch discriminator (B, C, R, R) -> (B, patches)."""
+        from ..models.discriminator import PatchDiscriminator
+
         return PatchDiscriminator(self.shape[0], self._side(), cfg.disc_channels)
 
     # -- evaluation --------------------------------------------------------------------------
+    headline = "fd"  # the metric bench plots against NFE
+    headline_label = "Fréchet distance"
+    columns = (Column("FD", "fd", ".3f"), Column("KID", "kid", ".4f"),
+               Column("class acc.", "class_accuracy", ".3f"),
+               Column("paired MSE", "paired_mse", ".4f", paired=True))
+
+    def memory_needed(self, ecfg: EvalConfig) -> int:
+        """Rough bytes an evaluation of ``ecfg.n`` examples holds at once: 6 float32 arrays
+        (n, C, H, W) and two sets of float64 features (n, 2048)."""
+        return ecfg.n * (24 * math.prod(self.shape) + 16 * FEATURES)
+
+    def sample_batch(self, ecfg: EvalConfig) -> int:
+        """Rows per sampler call when the evaluation samples."""
+        return ecfg.batch_size
+
+    def timing_batch(self, ecfg: EvalConfig) -> int:
+        """Rows of the batch whose throughput is timed."""
+        return ecfg.batch_size
+
+    def reference(self, cfg: Config, data_known: bool, teacher: Sampler | None,
+                  pairs: Mapping[str, np.ndarray] | None, sigma_max: float, num_classes: int,
+                  device: torch.device) -> Reference:
+        """Up to ``eval.n`` real images of the data the teacher learned (its test split when
+        it has one), or the training pairs' clean side when that data is not known."""
+        from ..evaluation.core import Reference
+
+        if data_known:
+            return Reference(*reference_images(cfg, cfg.eval.n))
+        if pairs is None:
+            raise KDMError("this run's pairs record no training data and are not on this "
+                           "machine: there is nothing to score its images against")
+        return Reference(pairs["clean"], "training pairs (the teacher's data is not known)")
+
+    def scorer(self, cfg: Config, reference: Reference, labels: torch.Tensor | None,
+               device: torch.device) -> Scorer:
+        """Fréchet distance and KID on ``eval.extractor`` features against the reference,
+        class accuracy of conditional samples (by the classifier trained on the real data),
+        paired MSE against the teacher's outputs on the same noise."""
+        import numpy as np
+
+        from ..evaluation.core import Scorer
+        from ..metrics.extractors import build_extractor
+        from ..metrics.images import (
+            extract_features,
+            feature_stats,
+            frechet_distance,
+            kernel_inception_distance,
+        )
+
+        e = cfg.eval
+        clf = (classifier_for(cfg, progress=cfg.train.progress)
+               if e.extractor == "classifier" or labels is not None else None)
+        extractor = clf if e.extractor == "classifier" else build_extractor(
+            e.extractor, e.extractor_weights or None,
+            **({"resolution": e.effnet_resolution} if e.extractor == "effnet" else {}))
+        extractor = extractor.to(device)
+        ref_feats = extract_features(extractor, reference.values, batch_size=e.batch_size)
+        mu_r, sigma_r = feature_stats(ref_feats)
+
+        def score(samples: np.ndarray, target: np.ndarray | None) -> dict[str, float]:
+            feats = extract_features(extractor, samples, batch_size=e.batch_size)
+            kid, kid_std = kernel_inception_distance(feats, ref_feats, subset_size=e.kid_subset,
+                                                     seed=e.seed)
+            out = {"fd": frechet_distance(*feature_stats(feats), mu_r, sigma_r), "kid": kid,
+                   "kid_std": kid_std}
+            if target is not None:
+                out.update(self.paired(samples, target))
+            if labels is not None:
+                out["class_accuracy"] = float(np.mean(clf.predict(samples) == labels.numpy()))
+            return out
+
+        settings: dict[str, Any] = {"extractor_settings": extractor.settings}
+        if labels is not None:
+            settings["classifier_heldout_accuracy"] = clf.settings.get("heldout_accuracy")
+        return Scorer(score, settings)
+
+    def paired(self, samples: np.ndarray, target: np.ndarray) -> dict[str, float]:
+        """``paired_mse`` of samples against targets made from the same noise."""
+        import numpy as np
+
+        return {"paired_mse": float(np.mean((samples - target) ** 2))}
+
+    def quality_check(self, kdm: Mapping[str, Any], kd: Mapping[str, Any]) -> dict[str, Any]:
+        """Bench: KDM's Fréchet distance at most 0.6 of KD's (one-step rows)."""
+        ratio = kdm["fd"] / kd["fd"]
+        return {"kdm_fd_over_kd_fd": ratio, "quality_target_met": ratio <= 0.6,
+                "quality_check": f"KDM FD / KD FD = {ratio:.3f} (target <= 0.6)"}
+
+    def plots(self, out: Path, shown: Sequence[Shown], reference: Reference,
+              extras: DatasetExtras | None, target: str | None, *, noise: Any,
+              num_classes: int, seed: int, device: torch.device, per_row: int = 10,
+              **_: Any) -> dict[str, Path]:
+        """``samples.png``: every entry's samples side by side from the same noise (drawn by
+        ``noise(n, seed + 7)``); a conditional run gets one row per class."""
+        import torch
+
+        from ..analysis import plots
+        from ..evaluation.core import draw
+
+        k = num_classes
+        x_T = noise(per_row * (k or per_row), seed + 7)
+        labels = torch.arange(k).repeat_interleave(per_row) if k else None
+        panels = {s.name: draw(s.sample, x_T, labels, len(x_T), device) for s in shown}
+        rows = [str(c) for c in range(k)] if k else None
+        return {"samples": plots.image_grids(panels, Path(out) / "samples.png", per_row, rows)}
+
+    def picture(self, panels: Mapping[str, np.ndarray], path: Path) -> Path:
+        """A grid of each panel's images, 10 per row."""
+        from ..analysis import plots
+
+        return plots.image_grids(dict(panels), path)
+
+
+def classifier_for(cfg: Config, progress: bool = True) -> Any:
+    """The small classifier trained (once, then cached in
+    :func:`~..metrics.extractors.cache_dir`) on the run's real training data."""
+    from ..data.images import load_images
+    from ..metrics.extractors import cache_dir, load_or_train_classifier
+
+    data = load_images(cfg.data.source, cfg.data.resolution, cfg.data.channels or None)
+    if data.labels is None:
+        raise KDMError(f"the classifier extractor needs a labelled dataset; {cfg.data.source} "
+                       "has no labels: use eval.extractor=effnet or inception")
+    return load_or_train_classifier(cache_dir(), data.images, data.labels, data.num_classes,
+                                    progress=progress, steps=cfg.eval.classifier_steps)
+
+
+def reference_images(cfg: Config, n: int) -> tuple[np.ndarray, str]:
+    """Up to ``n`` real images (a subset of seed ``eval.reference_seed``): the test split when
+    the source has one, else training data; and what they are."""
+    import numpy as np
+
+    from ..data.images import image_data, load_images
+
+    try:
+        data = load_images(cfg.data.source, cfg.data.resolution, cfg.data.channels or None,
+                           split="test")
+        split = "test"
+    except KDMError:
+        data, split = image_data(cfg), "train"
+    if "no separate test split" in data.source:
+        split = "train (no test split)"
+    keep = np.random.default_rng(cfg.eval.reference_seed).permutation(len(data.images))[:n]
+    return data.images[np.sort(keep)], f"{data.source} [{split}], n={len(keep)}"

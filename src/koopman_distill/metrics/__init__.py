@@ -1,9 +1,11 @@
-"""Sample-quality metrics; the 2-D point-cloud metrics live in :mod:`.twod`."""
+"""Sample-quality metrics: vectors of any dimension in :mod:`.vectors`, images (Fréchet
+distance, KID on extractor features) in :mod:`.images` and :mod:`.extractors`."""
 
-from .twod import (
+from .vectors import (
     as_points,
+    distribution_metrics,
     energy_distance,
-    evaluate_2d,
+    evaluate_vectors,
     paired_error,
     random_directions,
     sliced_wasserstein,
@@ -11,8 +13,9 @@ from .twod import (
 
 __all__ = [
     "as_points",
+    "distribution_metrics",
     "energy_distance",
-    "evaluate_2d",
+    "evaluate_vectors",
     "paired_error",
     "random_directions",
     "sliced_wasserstein",

@@ -654,6 +654,12 @@ def load_classifier(path: str | os.PathLike) -> SmallClassifier:
     return model
 
 
+def cache_dir() -> Path:
+    """Where trained evaluation classifiers are kept: ``$KDM_CACHE`` or
+    ``~/.cache/koopman-distill``."""
+    return Path(os.environ.get("KDM_CACHE") or Path.home() / ".cache" / "koopman-distill")
+
+
 def load_or_train_classifier(cache_dir: str | os.PathLike, images: np.ndarray | torch.Tensor,
                              labels: np.ndarray | torch.Tensor, num_classes: int,
                              heldout: float = 0.1, progress: bool = True,

@@ -1,7 +1,8 @@
-"""Sample-quality metrics for 2-D point clouds (checkerboard), in float64 on the CPU.
+"""Sample-quality metrics for vectors of any dimension D, in float64 on the CPU.
 
 Every function takes numpy arrays or torch tensors of shape (N, D) and is deterministic given
 its ``seed``. Bad input (wrong shape, empty, NaN/inf) raises a one-line :class:`KDMError`.
+Dataset-specific metrics (the checkerboard's inside rate) live with their dataset.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from ..data.checkerboard import inside_fraction
 from ..errors import KDMError
 
 # Largest number of float64 elements one intermediate block may hold (32 MB).
@@ -154,7 +154,15 @@ def paired_error(pred: Any, target: Any) -> dict[str, float]:
     }
 
 
-def evaluate_2d(
+def distribution_metrics(x: Any, reference: Any, projections: int = 512, seed: int = 0,
+                         energy_n: int = 5000) -> dict[str, float]:
+    """``sliced_wasserstein`` and ``energy_distance`` of the point set x (N, D) to
+    ``reference`` (M, D)."""
+    return {"sliced_wasserstein": sliced_wasserstein(x, reference, projections, seed),
+            "energy_distance": energy_distance(x, reference, energy_n, seed)}
+
+
+def evaluate_vectors(
     samples: Any,
     *,
     reference: Any,
@@ -164,32 +172,25 @@ def evaluate_2d(
     seed: int = 0,
     energy_n: int = 5000,
 ) -> dict[str, float | int]:
-    """All 2-D metrics of ``samples`` (N, 2) against a ``reference`` set (M, 2).
+    """The metrics of ``samples`` (N, D) against a ``reference`` set (M, D).
 
-    Returns ``n``, ``n_reference``, ``inside_fraction`` (of samples) and
-    ``inside_fraction_reference``, ``sliced_wasserstein`` and ``energy_distance`` to the
+    Returns ``n``, ``n_reference``, ``sliced_wasserstein`` and ``energy_distance`` to the
     reference. With ``reference_2``, a second independent draw of the reference distribution,
     also ``sliced_wasserstein_floor`` and ``energy_distance_floor``: the same metrics between
     the two reference sets, i.e. what a perfect sampler scores at this sample size. With
-    ``paired_target`` (N, 2), the teacher outputs for the same noise as ``samples``, the
+    ``paired_target`` (N, D), the teacher outputs for the same noise as ``samples``, the
     :func:`paired_error` entries are added with a ``paired_`` prefix.
     """
-    x = as_points(samples, "samples", dim=2)
-    ref = as_points(reference, "reference", dim=2)
-    out: dict[str, float | int] = {
-        "n": len(x),
-        "n_reference": len(ref),
-        "inside_fraction": inside_fraction(x),
-        "inside_fraction_reference": inside_fraction(ref),
-        "sliced_wasserstein": sliced_wasserstein(x, ref, projections, seed),
-        "energy_distance": energy_distance(x, ref, energy_n, seed),
-    }
+    x = as_points(samples, "samples")
+    ref = as_points(reference, "reference", dim=x.shape[1])
+    out: dict[str, float | int] = {"n": len(x), "n_reference": len(ref),
+                                   **distribution_metrics(x, ref, projections, seed, energy_n)}
     if reference_2 is not None:
-        ref2 = as_points(reference_2, "reference_2", dim=2)
-        out["sliced_wasserstein_floor"] = sliced_wasserstein(ref2, ref, projections, seed)
-        out["energy_distance_floor"] = energy_distance(ref2, ref, energy_n, seed)
+        ref2 = as_points(reference_2, "reference_2", dim=x.shape[1])
+        out.update({f"{k}_floor": v for k, v in distribution_metrics(
+            ref2, ref, projections, seed, energy_n).items()})
     if paired_target is not None:
-        target = as_points(paired_target, "paired_target", dim=2)
+        target = as_points(paired_target, "paired_target", dim=x.shape[1])
         if target.shape != x.shape:
             raise KDMError(f"paired_target must match samples in shape: {target.shape} vs "
                            f"{x.shape}; pairs share their noise row by row")

@@ -1,4 +1,4 @@
-"""2-D metrics against closed-form answers."""
+"""Vector metrics (any dimension D) against closed-form answers."""
 
 import numpy as np
 import pytest
@@ -8,10 +8,10 @@ from scipy.stats import wasserstein_distance
 
 from koopman_distill.data.checkerboard import sample_checkerboard
 from koopman_distill.errors import KDMError
-from koopman_distill.metrics import twod
-from koopman_distill.metrics.twod import (
+from koopman_distill.metrics import vectors
+from koopman_distill.metrics.vectors import (
     energy_distance,
-    evaluate_2d,
+    evaluate_vectors,
     paired_error,
     random_directions,
     sliced_wasserstein,
@@ -60,7 +60,7 @@ def test_gaussian_shift_matches_closed_form():
 def test_sliced_wasserstein_chunking_is_exact(monkeypatch):
     x, y = _normal(200, 6), _normal(150, 7, shift=(1.0, 0.0))
     full = sliced_wasserstein(x, y, projections=50)
-    monkeypatch.setattr(twod, "_CHUNK_ELEMENTS", 1000)
+    monkeypatch.setattr(vectors, "_CHUNK_ELEMENTS", 1000)
     assert sliced_wasserstein(x, y, projections=50) == pytest.approx(full, rel=1e-12)
 
 
@@ -76,7 +76,7 @@ def test_energy_distance_matches_brute_force_u_statistic(monkeypatch):
     x, y = _normal(300, 8), _normal(250, 9, shift=(0.5, 0.5))
     expected = _energy_brute(x, y)
     assert energy_distance(x, y) == pytest.approx(expected, rel=1e-10)
-    monkeypatch.setattr(twod, "_CHUNK_ELEMENTS", 500)  # many small blocks
+    monkeypatch.setattr(vectors, "_CHUNK_ELEMENTS", 500)  # many small blocks
     assert energy_distance(x, y) == pytest.approx(expected, rel=1e-10)
 
 
@@ -117,48 +117,63 @@ def test_paired_error_closed_form():
         paired_error(pred[:3], target)
 
 
-def test_evaluate_2d_on_checkerboard():
+def test_evaluate_vectors_on_checkerboard():
     gen = torch.Generator().manual_seed(0)
     samples, ref, ref2 = (sample_checkerboard(4000, gen) for _ in range(3))
-    out = evaluate_2d(samples, reference=ref, reference_2=ref2, paired_target=samples + 0.1,
-                      projections=64, seed=0, energy_n=1000)
+    out = evaluate_vectors(samples, reference=ref, reference_2=ref2,
+                           paired_target=samples + 0.1, projections=64, seed=0, energy_n=1000)
     assert out["n"] == 4000 and out["n_reference"] == 4000
-    assert out["inside_fraction"] == 1.0 and out["inside_fraction_reference"] == 1.0
     assert 0 < out["sliced_wasserstein"] < 0.1
     assert abs(out["energy_distance"]) < 0.02
     assert 0 < out["sliced_wasserstein_floor"] < 0.1
     assert out["paired_mse"] == pytest.approx(0.01, rel=1e-5)
     assert out["paired_sq_error_per_sample"] == pytest.approx(0.02, rel=1e-5)
-    shifted = evaluate_2d(samples + 1.0, reference=ref, projections=64, seed=0, energy_n=1000)
-    assert shifted["inside_fraction"] < 0.6
+    shifted = evaluate_vectors(samples + 1.0, reference=ref, projections=64, seed=0,
+                               energy_n=1000)
     assert shifted["sliced_wasserstein"] > 0.5
     assert shifted["energy_distance"] > 0.1
     assert "paired_mse" not in shifted and "sliced_wasserstein_floor" not in shifted
+    assert not any("inside" in k for k in out)  # the board's metrics are the board's
 
 
-def test_evaluate_2d_nan_rows_reported_with_count_and_rows():
+def test_evaluate_vectors_in_five_dimensions_closed_form():
+    # a set against itself scores 0; shifted by m, each 1-D W1 is exactly |m . u|
+    x, m = np.random.default_rng(20).standard_normal((3000, 5)), np.full(5, 0.5)
+    same = evaluate_vectors(x, reference=x, paired_target=x, projections=64, seed=3,
+                            energy_n=500)
+    assert same["sliced_wasserstein"] == 0.0 and same["paired_mse"] == 0.0
+    assert abs(same["energy_distance"]) < 0.02  # two subsamples of one set
+    moved = evaluate_vectors(x + m, reference=x, paired_target=x, projections=64, seed=3,
+                             energy_n=500)
+    u = random_directions(64, 5, seed=3)
+    assert moved["sliced_wasserstein"] == pytest.approx(np.mean(np.abs(u @ m)), rel=1e-9)
+    assert moved["paired_sq_error_per_sample"] == pytest.approx(5 * 0.25, rel=1e-12)
+    assert moved["paired_mse"] == pytest.approx(0.25, rel=1e-12)
+
+
+def test_evaluate_vectors_nan_rows_reported_with_count_and_rows():
     x = _normal(100, 15)
     x[[3, 17, 40]] = np.nan
     x[41, 1] = np.inf
     with pytest.raises(KDMError) as exc:
-        evaluate_2d(x, reference=_normal(100, 16), projections=8, seed=0, energy_n=50)
+        evaluate_vectors(x, reference=_normal(100, 16), projections=8, seed=0, energy_n=50)
     msg = str(exc.value)
     assert "\n" not in msg
     assert "4 of 100 rows" in msg and "rows 3, 17, 40, 41" in msg
 
 
 @pytest.mark.parametrize(("bad", "pattern"), [
-    (np.zeros((10, 3)), r"shape \(N, 2\)"),
-    (np.zeros(10), r"shape \(N, 2\)"),
+    (np.zeros((10, 3)), r"reference must have shape \(N, 3\)"),
+    (np.zeros(10), r"shape \(N, D\)"),
     (np.zeros((0, 2)), "empty"),
     ([["a", "b"]], "numeric"),
 ])
-def test_evaluate_2d_bad_input(bad, pattern):
+def test_evaluate_vectors_bad_input(bad, pattern):
     with pytest.raises(KDMError, match=pattern):
-        evaluate_2d(bad, reference=_normal(10, 0), projections=4, seed=0, energy_n=10)
+        evaluate_vectors(bad, reference=_normal(10, 0), projections=4, seed=0, energy_n=10)
 
 
-def test_evaluate_2d_paired_target_must_match():
+def test_evaluate_vectors_paired_target_must_match():
     with pytest.raises(KDMError, match="paired_target"):
-        evaluate_2d(_normal(10, 0), reference=_normal(10, 1), paired_target=_normal(9, 2),
-                    projections=4, seed=0, energy_n=10)
+        evaluate_vectors(_normal(10, 0), reference=_normal(10, 1), paired_target=_normal(9, 2),
+                         projections=4, seed=0, energy_n=10)
