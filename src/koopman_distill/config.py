@@ -57,17 +57,17 @@ def checked(default: Any, check: Check, *, acts_with: tuple[str, ...] = ()) -> A
 class DataConfig:
     """Training data for the teacher.
 
-    Points (``resolution`` 0): ``checkerboard`` (the embedded 2-D distribution) or a path to a
-    ``.npy`` point cloud of shape (N, 2). Images (``resolution`` > 0): ``digits``
-    (scikit-learn's 8x8 digits), ``fashion-mnist[:DIR]``, ``mnist:DIR`` (IDX files) or a path
-    to a ``.npy``/``.npz`` image array, resized or padded to ``resolution``.
+    Vectors (``resolution`` 0): ``checkerboard`` (the embedded 2-D distribution) or a path to
+    a ``.npy`` array of shape (N, D), any dimension D and any scale. Images (``resolution`` >
+    0): ``digits`` (scikit-learn's 8x8 digits), ``fashion-mnist[:DIR]``, ``mnist:DIR`` (IDX
+    files) or a path to a ``.npy``/``.npz`` image array, resized or padded to ``resolution``.
     """
 
     source: str = checked("checkerboard", ANY)  # a dataset name or a path
     # samples drawn from an embedded distribution (0 = all, for datasets)
     n: int = checked(500_000, NONNEGATIVE)
     seed: int = checked(0, ANY)
-    resolution: int = checked(0, NONNEGATIVE)  # image side length; 0 = 2-D point data
+    resolution: int = checked(0, NONNEGATIVE)  # image side length; 0 = vectors (N, D)
     channels: int = checked(0, NONNEGATIVE)  # image channels (1 or 3); 0 = the source's own
     conditional: bool = False  # class-conditional teacher and KDM (needs labels)
 
@@ -87,7 +87,7 @@ class UNetConfig:
 class TeacherConfig:
     """The teacher and its deterministic ODE sampler.
 
-    ``flow``: a flow-matching MLP for 2-D points (``width`` ... ``x_fmax``; samplers euler,
+    ``flow``: a flow-matching MLP for vectors (``width`` ... ``x_fmax``; samplers euler,
     midpoint, heun, rk4). ``edm``: an EDM-preconditioned UNet for images with the Heun sampler
     on the Karras schedule (``sigma_min``, ``sigma_max``, ``rho``; 18 steps = 35 NFE).
     """
@@ -123,7 +123,7 @@ class PairsConfig:
     # float16 halves image stores
     clean_dtype: str = checked("float32", one_of("float32", "float16"))
     store_noise: bool = True  # false: store a seed per pair and regenerate x_T on reading
-    # 2-D teachers: draw the pairs' x_T with std noise_scale * sigma_max. Above 1 it puts more
+    # vector teachers: draw the pairs' x_T with std noise_scale * sigma_max. Above 1 it puts more
     # pairs in the Gaussian's tails, where a one-step student generalises worst between pairs;
     # sampling still draws x_T ~ N(0, sigma_max^2 I).
     noise_scale: float = checked(1.0, POSITIVE)

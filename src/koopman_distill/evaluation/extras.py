@@ -9,6 +9,7 @@ else. ``None`` (no extras) for data without any, and for runs whose data is not 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,10 +51,13 @@ class DatasetExtras(Protocol):
         the teacher's entry, the one the others are paired with."""
 
 
+# data.source -> (module, class) of its extras, imported only when asked for
+EXTRAS = {"checkerboard": ("koopman_distill.data.checkerboard", "CheckerboardExtras")}
+
+
 def dataset_extras(source: str | None) -> DatasetExtras | None:
     """The extras of the dataset ``source`` (a ``data.source`` value; None: unknown data)."""
-    if source == "checkerboard":
-        from ..data.checkerboard import CheckerboardExtras
-
-        return CheckerboardExtras()
-    return None
+    if source not in EXTRAS:
+        return None
+    module, name = EXTRAS[source]
+    return getattr(importlib.import_module(module), name)()
