@@ -153,12 +153,7 @@ def _fit_teacher(cfg: Config, meta: dict[str, Any], out: Path,
     trainer = Trainer(model, data, cfg.teacher_train, out,
                       device=resolve_device(cfg.teacher_train.device), name="teacher",
                       resume_hint=f"kdm teacher train --resume {out}")
-    if resume:
-        _resumed(trainer, cfg, out)
-    else:
-        on_main(lambda: _start_run(out, cfg, meta))  # rank 0 writes
-    trainer.fit()
-    return out
+    return _fit(trainer, cfg, meta, out, resume)
 
 
 def load_teacher(run: str | Path, ema: bool = True) -> tuple[torch.nn.Module, Config]:
@@ -314,12 +309,7 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
 
     trainer = Trainer(model, data, cfg.train, out, evaluate=evaluate, device=device,
                       resume_hint=f"kdm train --resume {out}")
-    if resume:
-        _resumed(trainer, cfg, out)
-    else:
-        on_main(lambda: _start_run(out, cfg, meta))  # rank 0 writes
-    trainer.fit()
-    return out
+    return _fit(trainer, cfg, meta, out, resume)
 
 
 # Settings a resumed run may change: they do not change what the steps already taken, or the
@@ -382,6 +372,17 @@ def _resume_overrides(cfg: Config, overrides: list[str], section: str, run: Path
                  f"{new_train.steps} steps from step {done} on, so the result differs from a "
                  f"run planned with {new_train.steps} steps")
     return new
+
+
+def _fit(trainer: Trainer, cfg: Config, meta: dict[str, Any], out: Path, resume: bool) -> Path:
+    """Restore ``trainer`` from ``out`` (``resume``) or start the run directory there, then
+    train to the end."""
+    if resume:
+        _resumed(trainer, cfg, out)
+    else:
+        on_main(lambda: _start_run(out, cfg, meta))  # rank 0 writes
+    trainer.fit()
+    return out
 
 
 def _resumed(trainer: Trainer, cfg: Config, run: Path) -> None:

@@ -28,9 +28,8 @@ from .manifest import IDENTITY_KEYS, new_manifest, num_shards, shard_len
 from .store import (
     PairStore,
     _as_shard,
-    _check_memory,
     _check_sigma,
-    _open_for_writing,
+    _open_checked,
     _positive_int,
     write_arrays,
 )
@@ -348,9 +347,7 @@ def import_npz_folder(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                          seed=None, teacher=_TEACHER,
                          sampler={"method": "unknown", "trajectory_steps": ref[key][0][0]},
                          nfe=None, source=source, config=None)
-    _check_memory(min(n, shard_size), shape)
-    writer = _open_for_writing(out, fresh, IDENTITY_KEYS + ("source",), resume=False,
-                               extra_bytes=0 if labels is None else 8)
+    writer = _open_checked(out, fresh, IDENTITY_KEYS + ("source",), False, labels is not None)
     if isinstance(writer, PairStore):
         return writer
     with tqdm(total=n, desc="import", unit="pair", disable=not progress) as bar:

@@ -403,6 +403,14 @@ class _StoreWriter:
         return PairStore(self.out)
 
 
+def _open_checked(out: Path, fresh: dict[str, Any], keys: tuple[str, ...], resume: bool,
+                  labels: bool) -> _StoreWriter | PairStore:
+    """:func:`_open_for_writing` once one shard of ``fresh`` is known to fit in memory (a
+    labelled store takes 8 more bytes per pair)."""
+    _check_memory(min(fresh["count"], fresh["shard_size"]), tuple(fresh["shape"]))
+    return _open_for_writing(out, fresh, keys, resume=resume, extra_bytes=8 if labels else 0)
+
+
 def _open_for_writing(out: Path, fresh: dict[str, Any], keys: tuple[str, ...],
                       resume: bool, extra_bytes: int = 0) -> _StoreWriter | PairStore:
     """Prepare ``out`` for the store described by ``fresh``.
@@ -530,12 +538,7 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
                          source={"kind": "generated"} if source is None else source,
                          dtypes=dtypes)
 
-    def open_store() -> _StoreWriter | PairStore:
-        _check_memory(min(n, shard_size), shape)
-        return _open_for_writing(out, fresh, IDENTITY_KEYS, resume=True,
-                                 extra_bytes=8 if labels else 0)
-
-    writer = on_main(open_store)
+    writer = on_main(lambda: _open_checked(out, fresh, IDENTITY_KEYS, True, bool(labels)))
     if isinstance(writer, PairStore):
         return writer
     noise_std = fresh["sigma_max"] * fresh["sampler"].get("noise_scale", 1.0)
@@ -607,9 +610,7 @@ def write_arrays(out_dir: str | os.PathLike, noise: np.ndarray, clean: np.ndarra
     fresh = new_manifest(count=n, shard_size=shard_size, shape=shape,
                          sigma_max=_check_sigma(sigma_max), seed=seed, teacher=teacher,
                          sampler=sampler, nfe=nfe, source=source, config=config)
-    _check_memory(min(n, shard_size), shape)
-    writer = _open_for_writing(out, fresh, IDENTITY_KEYS + ("source",), resume=False,
-                               extra_bytes=0 if label is None else 8)
+    writer = _open_checked(out, fresh, IDENTITY_KEYS + ("source",), False, label is not None)
     if isinstance(writer, PairStore):
         return writer
     with tqdm(total=n, desc="pairs", unit="pair", disable=not progress) as bar:
