@@ -30,7 +30,7 @@ from .pairs.store import draw_noise
 from .protocols import Sampler, Teacher
 from .runs import RUN_FORMAT, read_run
 from .students import build_student, sampling_path_params, student_label, student_nfe
-from .teachers import build_teacher, load_run_teacher, teacher_tensors
+from .teachers import build_teacher, load_run_teacher, teacher_from_arg, teacher_tensors
 from .training import Batches, Trainer
 from .training.checkpoint import latest_checkpoint, load_into, load_weights, step_of
 from .training.data import rank_batch_size
@@ -167,29 +167,38 @@ def make_pairs(teacher: Teacher | str | Path, out: str | Path, cfg: Config | Non
                progress: bool = True) -> PairStore:
     """Run a teacher's deterministic sampler on seeded noise into a pair store (resumable).
 
-    ``teacher`` is a :class:`~.protocols.Teacher` object or a teacher run directory (its EMA
-    weights, with the sampler of ``cfg.teacher``: ``steps`` and ``sampler``). ``cfg`` holds the
-    ``pairs`` settings and ``train.device`` (default: the run's config, or for an object the
-    defaults). The manifest records the config with a run's own ``data`` section (training on
-    the store takes it from there); for an object it records none, since the data is the
-    teacher's own affair. Shard ``i`` draws its noise from its own
-    seed (:func:`~.pairs.store.draw_noise`: per-pair seeds when ``pairs.store_noise`` is off,
-    else one draw), then, for a conditional teacher, uniform labels from the same generator;
-    the teacher (an ``nn.Module`` is moved to ``train.device``) maps ``pairs.batch_size`` rows
-    at a time there, and the progress bar moves per batch. The manifest records the teacher's
+    ``teacher`` is a :class:`~.protocols.Teacher` object, an adapter's ``kind:TARGET``
+    (``denoiser:MODULE:FUNCTION``, ``callable:MODULE:FUNCTION``, ``diffusers:DIR``: see
+    :func:`~.teachers.teacher_from_arg`), or a teacher run directory (its EMA weights, with
+    ``pairs.solver`` / ``pairs.steps``, by default ``teacher.sampler`` / ``teacher.steps``).
+    ``cfg`` holds the ``pairs`` settings and ``train.device`` (default: the run's config, or
+    the defaults). The manifest records the config, with the run's own ``data`` section
+    (training on the store takes it from there), for a run; none for any other teacher, whose
+    data is its own affair. Shard ``i`` draws its noise from its own seed
+    (:func:`~.pairs.store.draw_noise`: per-pair seeds when ``pairs.store_noise`` is off, else
+    one draw), then, for a conditional teacher, uniform labels from the same generator; the
+    teacher (an ``nn.Module`` is moved to ``train.device``) maps ``pairs.batch_size`` rows at a
+    time there, and the progress bar moves per batch. The manifest records the teacher's
     ``identity()`` and ``spec()``, its sampler and NFE; a store in ``out`` made with other
     settings is refused.
     """
     init_distributed()
     record = None
-    if isinstance(teacher, (str, os.PathLike)):
+    named = (teacher_from_arg(str(teacher), (cfg or Config()).pairs)
+             if isinstance(teacher, str) else None)
+    if named is not None:
+        teacher = named
+    elif isinstance(teacher, (str, os.PathLike)):
         run_cfg = read_run(teacher)[0]
         cfg = copy.copy(cfg) if cfg is not None else run_cfg
         cfg.data = run_cfg.data  # the data the teacher learned, whatever the caller's says
         record = cfg
-        teacher = load_run_teacher(teacher, steps=cfg.teacher.steps,
-                                   solver=cfg.teacher.sampler)[0]
-    elif not isinstance(teacher, Teacher):
+        if cfg.pairs.guidance != 1.0:
+            raise KDMError("pairs.guidance is for diffusers teachers with a null class; a "
+                           "teacher trained here has none: drop it")
+        teacher = load_run_teacher(teacher, steps=cfg.pairs.steps or cfg.teacher.steps,
+                                   solver=cfg.pairs.solver or cfg.teacher.sampler)[0]
+    if not isinstance(teacher, Teacher):
         raise KDMError(f"make_pairs needs a teacher run directory or a Teacher (shape, "
                        f"num_classes, sigma_max, sample, nfe, identity, spec), got "
                        f"{type(teacher).__name__}")
@@ -229,8 +238,11 @@ def make_pairs(teacher: Teacher | str | Path, out: str | Path, cfg: Config | Non
 
 # -- KDM ------------------------------------------------------------------------------------
 def store_classes(store: PairStore, cfg: Config) -> int:
-    """Number of classes a KDM on ``store`` is conditioned on (0 = unconditional)."""
-    if not cfg.data.conditional:
+    """Number of classes a KDM on ``store`` is conditioned on (0 = unconditional): a teacher
+    run's ``data.conditional`` (recorded with the store), else whether the store has labels
+    (a teacher of the user's that takes class labels)."""
+    conditional = cfg.data.conditional if store.manifest.get("config") else store.has_labels
+    if not conditional:
         return 0
     if not store.has_labels:
         raise KDMError(f"data.conditional is set but pair store {store.path} has no labels; "

@@ -218,24 +218,40 @@ def cmd_pairs_make(args: argparse.Namespace) -> None:
         raise KDMError("give --teacher RUN and --out STORE to make a pair store (`kdm pairs "
                        "make`), or use `kdm pairs import SRC --out STORE` or `kdm pairs "
                        "verify STORE`")
-    cfg, meta = read_run(args.teacher)
-    if meta["kind"] != "teacher":
-        raise KDMError(f"{args.teacher} is a {meta['kind']!r} run, not a teacher")
-    cfg = _config(args, cfg)
+    kind, sep, _ = args.teacher.partition(":")
+    adapter = bool(sep) and not Path(args.teacher).exists()
+    if adapter:  # kind:TARGET, a teacher of the user's
+        cfg = _config(args, Config())
+        read = ("pairs", "train.device")
+    else:
+        cfg, meta = read_run(args.teacher)
+        if meta["kind"] != "teacher":
+            raise KDMError(f"{args.teacher} is a {meta['kind']!r} run, not a teacher")
+        cfg = _config(args, cfg)
+        read = ("pairs", "teacher.steps", "teacher.sampler", "train.device")
     # what make_pairs reads of the config; other settings would be silently ignored
-    check_overrides_act(cfg, args.set or [], ("pairs", "teacher.steps", "teacher.sampler",
-                                              "train.device"), "kdm pairs")
+    check_overrides_act(cfg, args.set or [], read, "kdm pairs")
     keys = override_keys(args.set or [])
     for flag, key, value in (("--n", "pairs.n", args.n), ("--seed", "pairs.seed", args.seed)):
         if value is not None and key in keys:
             raise KDMError(f"give {flag} or --set {key}, not both")
         if value is not None:
             setattr(cfg.pairs, key.split(".")[1], value)
-    if not Path(args.out).exists():  # a new store must fit; checked before torch is imported
+    teacher = args.teacher
+    if adapter:
+        from .teachers import teacher_from_arg, teacher_prefixes
+
+        teacher = teacher_from_arg(args.teacher, cfg.pairs)
+        if teacher is None:
+            raise KDMError(f"--teacher {args.teacher}: unknown teacher kind {kind!r}; give a "
+                           "teacher run directory or KIND:TARGET with KIND one of "
+                           f"{', '.join(p.rstrip(':') for p in teacher_prefixes())}")
+        meta = {"shape": list(teacher.shape), "num_classes": teacher.num_classes}
+    if not Path(args.out).exists():  # a new store must fit (a run: before torch is imported)
         _check_store_fits(args.out, cfg, meta)
     from . import api
 
-    store = api.make_pairs(args.teacher, args.out, cfg)
+    store = api.make_pairs(teacher, args.out, cfg)
     m = store.manifest
     print(f"pair store: {args.out} ({m['count']} pairs, {len(m['shards'])} shards, "
           f"sampler {m['sampler']['method']} x{m['sampler']['steps']}, NFE {m['nfe']})")
@@ -609,7 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_make_args(p: argparse.ArgumentParser, required: bool) -> None:
     """The options of ``kdm pairs make`` (also those of ``kdm pairs`` itself, where they are
     optional so that a subcommand can stand alone)."""
-    p.add_argument("--teacher", required=required, help="teacher run directory")
+    p.add_argument("--teacher", required=required, help="teacher run directory, or a teacher "
+                   "of yours: denoiser:MODULE:FUNCTION, callable:MODULE:FUNCTION (MODULE may "
+                   "be FILE.py), diffusers:DIR")
     p.add_argument("--out", required=required, help="pair store directory (resumed if it "
                    "exists)")
     p.add_argument("--n", type=_count, help="number of pairs (pairs.n), e.g. 50000 or 5e4")

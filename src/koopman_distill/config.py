@@ -127,6 +127,15 @@ class PairsConfig:
     # pairs in the Gaussian's tails, where a one-step student generalises worst between pairs;
     # sampling still draws x_T ~ N(0, sigma_max^2 I).
     noise_scale: float = checked(1.0, POSITIVE)
+    # The teacher's deterministic solver and its steps; "" and 0: the teacher's own (a teacher
+    # run's teacher.sampler and teacher.steps, an adapter's default). Which solvers exist
+    # depends on the teacher (its error names them).
+    solver: str = checked("", ANY)
+    steps: int = checked(0, NONNEGATIVE)
+    # classifier-free guidance of a class-conditional adapter teacher: w in
+    # uncond + w (cond - uncond), 1 = none; the model's unconditional class is null_class
+    guidance: float = checked(1.0, NONNEGATIVE)
+    null_class: int = checked(-1, ANY)  # -1: the model has none
 
 
 _KDM = "method=kdm"  # the settings of KDM's loss and K act only for KDM, not the baselines

@@ -22,6 +22,7 @@ import itertools
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -538,6 +539,7 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
                          source={"kind": "generated"} if source is None else source,
                          dtypes=dtypes)
 
+    made_here = on_main(lambda: not out.exists())
     writer = on_main(lambda: _open_checked(out, fresh, IDENTITY_KEYS, True, bool(labels)))
     if isinstance(writer, PairStore):
         return writer
@@ -566,21 +568,31 @@ def write_pairs(out_dir: str | os.PathLike, generate: Generate, n: int, shard_si
             done = None if mine is None else (mine, shard(mine))
         except KDMError as e:
             done = e
-        _write_round(writer, gather_to_main(done))
+        try:
+            _write_round(writer, gather_to_main(done), out if made_here else None)
+        except KDMError:
+            bar.leave = False  # cleared from a terminal, so that the error line stands alone
+            bar.close()
+            raise
         bar.update(sum(shard_len(n, shard_size, i) for i in this_round if i != mine))
     bar.close()
     return on_main(writer.finish)
 
 
-def _write_round(writer: _StoreWriter, results: list[Any] | None) -> None:
+def _write_round(writer: _StoreWriter, results: list[Any] | None,
+                 discard: Path | None = None) -> None:
     """Rank 0 writes the shards of one round, ``(index, arrays)`` per process (None: no shard,
-    a KDMError: its generation failed), then every process raises the first failure."""
+    a KDMError: its generation failed), then every process raises the first failure. A
+    failure before the store's first shard removes ``discard``, the directory this call made,
+    so that a teacher that fails at once leaves nothing behind."""
     def write() -> None:
         for r in results:
             if isinstance(r, tuple):
                 writer.write(*r)
         for r in results:
             if isinstance(r, KDMError):
+                if discard is not None and not writer.manifest["shards"]:
+                    shutil.rmtree(discard, ignore_errors=True)
                 raise r
 
     on_main(write)

@@ -10,24 +10,50 @@ this machine (files gone or changed). The teachers trained here register their k
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import KDMError, warn
 from ..protocols import Teacher
 
+if TYPE_CHECKING:
+    from ..config import PairsConfig
+
 Loader = Callable[[dict[str, Any], torch.device], Teacher]
+# target (what follows "kind:" in --teacher) and the pairs settings -> the teacher
+Parser = Callable[[str, "PairsConfig"], Teacher]
 _LOADERS: dict[str, Loader] = {}
+_PARSERS: dict[str, Parser] = {}
 
 
 class TeacherUnavailable(KDMError):
     """A teacher that cannot be rebuilt on this machine: its files are gone or changed."""
 
 
-def register(kind: str, loader: Loader) -> None:
-    """Make teachers of ``kind`` rebuildable from their spec by ``loader``."""
+def register(kind: str, loader: Loader, parse: Parser | None = None) -> None:
+    """Make teachers of ``kind`` rebuildable from their spec by ``loader``; with ``parse``,
+    ``kind:TARGET`` also names one in ``kdm pairs --teacher`` and :func:`~..api.make_pairs`."""
     _LOADERS[kind] = loader
+    if parse is not None:
+        _PARSERS[kind] = parse
+
+
+def teacher_prefixes() -> list[str]:
+    """The ``kind:`` prefixes a teacher argument may start with, sorted."""
+    return sorted(f"{kind}:" for kind in _PARSERS)
+
+
+def teacher_from_arg(text: str, pairs: PairsConfig) -> Teacher | None:
+    """The teacher ``kind:TARGET`` names (``diffusers:DIR``, ``denoiser:MODULE:FUNCTION``,
+    ...), set up with the ``pairs`` solver settings; None when ``text`` does not start with a
+    registered kind (a teacher run directory)."""
+    kind, sep, target = str(text).partition(":")
+    if not sep or kind not in _PARSERS:
+        return None
+    if not target:
+        raise KDMError(f"--teacher {text} names no {kind} teacher; give {kind}:TARGET")
+    return _PARSERS[kind](target, pairs)
 
 
 def teacher_kinds() -> list[str]:
