@@ -27,10 +27,16 @@ from .io import read_json, remove_temp_files, write_json
 from .labels import check_labels
 from .pairs import PairStore, write_pairs
 from .pairs.store import draw_noise
-from .protocols import Sampler, Teacher
+from .protocols import Decoder, Sampler, Teacher
 from .runs import RUN_FORMAT, read_run
 from .students import build_student, sampling_path_params, student_label, student_nfe
-from .teachers import build_teacher, load_run_teacher, teacher_from_arg, teacher_tensors
+from .teachers import (
+    build_teacher,
+    latent_decoder,
+    load_run_teacher,
+    teacher_from_arg,
+    teacher_tensors,
+)
 from .training import Batches, Trainer
 from .training.checkpoint import latest_checkpoint, load_into, load_weights, step_of
 from .training.data import rank_batch_size
@@ -254,20 +260,30 @@ def store_classes(store: PairStore, cfg: Config) -> int:
     return 1 + max(int(store.shard_arrays(i)["label"].max()) for i in range(store.num_shards))
 
 
-def train_kdm(cfg: Config, pairs: str | Path, out: str | Path) -> Path:
+def train_kdm(cfg: Config, pairs: str | Path, out: str | Path,
+              teacher_data: bool = False) -> Path:
     """Distill the pair store ``pairs`` into a one-step KDM in a new run directory ``out``:
-    MLP networks for vectors (N, D), UNets for images (N, C, R, R)."""
+    MLP networks for vectors (N, D), UNets for images (N, C, R, R).
+
+    The data its teacher learned (evaluation's real reference, its classifier, a dataset's
+    extras) is the store's record of it; for a store without one (a teacher of the user's),
+    ``teacher_data`` says that ``cfg.data`` is that data (``kdm train --set data.*``)."""
     init_distributed()
     absolute_sources(cfg)
     store = PairStore(pairs)
     store.check_intact()
     domain_for(store.shape)  # a one-line error for examples that are neither
-    if store.manifest.get("config"):  # the data the teacher learned is part of the record
+    recorded = bool(store.manifest.get("config"))
+    if recorded and teacher_data:
+        raise KDMError(f"pair store {pairs} records the data its teacher learned; drop the "
+                       "data.* settings")
+    if recorded:  # the data the teacher learned is part of the record
         cfg.data = Config.from_dict(store.manifest["config"]).data
     meta = {"kind": "kdm", "sigma_max": store.sigma_max, "pairs": str(Path(pairs).resolve()),
             "n_pairs": len(store), "teacher": store.manifest.get("teacher"),
             "nfe_teacher": store.manifest.get("nfe"), "shape": list(store.shape),
-            "num_classes": store_classes(store, cfg)}
+            "num_classes": store_classes(store, cfg),
+            "teacher_data": recorded or teacher_data}
     store.check_finite()  # validated before anything is written
     on_main(lambda: _check_new_run(out, cfg))
     return _fit_kdm(cfg, meta, Path(out), store, resume=False)
@@ -281,10 +297,12 @@ def build_kdm(cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
 
 
 def data_source(cfg: Config, meta: dict[str, Any]) -> str | None:
-    """The ``data.source`` the teacher of a student run learned, or None when the run's pair
-    store does not record it (imported pairs; a store not on this machine): the config a
-    store records is the teacher's (:func:`train_kdm` takes ``cfg.data`` from it)."""
-    if not Path(meta["pairs"], "manifest.json").is_file():
+    """The ``data.source`` the teacher of a student run learned, or None when it is not known
+    (imported pairs, a teacher of the user's without ``data.*`` given to :func:`train_kdm`):
+    ``cfg.data`` is then the preset's, not the teacher's."""
+    if "teacher_data" in meta:
+        return cfg.data.source if meta["teacher_data"] else None
+    if not Path(meta["pairs"], "manifest.json").is_file():  # runs from before teacher_data
         return None
     return cfg.data.source if PairStore(meta["pairs"]).manifest.get("config") else None
 
@@ -424,17 +442,22 @@ class StudentRun:
     ``sample_chunks`` / ``map_chunks`` for outputs larger than memory (the same values).
 
     Examples are vectors (D,) or images (C, H, W); a class-conditional student takes int64
-    labels (n,) (``sample`` draws them uniformly from its seed when none are given).
+    labels (n,) (``sample`` draws them uniformly from its seed when none are given). A student
+    of a latent teacher (a diffusers pipeline with a VAE) maps noise to latents (:attr:`shape`)
+    and returns them decoded to images (:attr:`output_shape`) unless loaded with
+    ``latents=True``.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: Config, meta: dict[str, Any],
-                 device: torch.device | None = None, run: Path | None = None):
+                 device: torch.device | None = None, run: Path | None = None,
+                 decode: Decoder | None = None):
         self.device = device or torch.device("cpu")
         self.model, self.cfg, self.meta = model.to(self.device).eval(), cfg, meta
-        self.run = run
+        self.run, self.decode = run, decode
 
     @classmethod
-    def load(cls, run: str | Path, ema: bool = True, device: str = "cpu") -> StudentRun:
+    def load(cls, run: str | Path, ema: bool = True, device: str = "cpu",
+             latents: bool = False) -> StudentRun:
         run = Path(run)
         cfg, meta = read_run(run)
         if meta.get("kind") != "kdm":
@@ -442,7 +465,9 @@ class StudentRun:
         model = build_kdm(cfg, meta)
         weights, ckpt = _weights(run, ema)
         load_into(model, weights, ckpt)
-        return cls(model, cfg, meta, resolve_device(device), run)
+        dev = resolve_device(device)
+        decode = None if latents else latent_decoder(meta.get("teacher") or {}, dev)
+        return cls(model, cfg, meta, dev, run, decode)
 
     @property
     def sigma_max(self) -> float:
@@ -454,8 +479,19 @@ class StudentRun:
         return tuple(self.meta["shape"])
 
     @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one output: :attr:`shape`, or a latent student's decoded image."""
+        if self.decode is None:
+            return self.shape
+        if not hasattr(self, "_output_shape"):
+            z = torch.zeros(1, *self.shape, device=self.device)
+            self._output_shape = tuple(self.decode(z).shape[1:])
+        return self._output_shape
+
+    @property
     def domain(self) -> Domain:
-        return domain_for(self.shape)
+        """The domain of the outputs (decoded images for a latent student)."""
+        return domain_for(self.output_shape)
 
     @property
     def num_classes(self) -> int:
@@ -495,8 +531,10 @@ class StudentRun:
     def sampler(self, steps: int | None = None) -> Sampler:
         """The student as a :data:`~.protocols.Sampler` on its device, at its own step count
         or (a multi-step student) at ``steps``."""
-        model = self.model
-        return lambda x, y: model.sample(x, y, steps=steps)
+        model, decode = self.model, self.decode
+        if decode is None:
+            return lambda x, y: model.sample(x, y, steps=steps)
+        return lambda x, y: decode(model.sample(x, y, steps=steps))
 
     def spans(self, n: int, chunk: int | None = None) -> list[tuple[int, int]]:
         """Row ranges [start, stop) of ``n`` examples in chunks of ``chunk`` rows, a multiple
@@ -540,7 +578,8 @@ class StudentRun:
             args = [x[i:i + bs].to(self.device)]
             if y is not None:
                 args.append(y[i:i + bs].to(self.device))
-            out.append(self.model(*args).float().cpu())
+            x_0 = self.model(*args)
+            out.append((x_0 if self.decode is None else self.decode(x_0)).float().cpu())
         return torch.cat(out).numpy()
 
     def sample(self, n: int, seed: int = 0, labels: Any = None) -> np.ndarray:
@@ -580,6 +619,8 @@ def _block_spans(n: int, block: int, numel: int) -> list[tuple[int, int]]:
     return list(zip([0, *stops[:-1]], stops, strict=True))
 
 
-def load_run(run: str | Path, ema: bool = True, device: str = "cpu") -> StudentRun:
-    """Load a student run for sampling (EMA weights unless ``ema=False``)."""
-    return StudentRun.load(run, ema, device)
+def load_run(run: str | Path, ema: bool = True, device: str = "cpu",
+             latents: bool = False) -> StudentRun:
+    """Load a student run for sampling (EMA weights unless ``ema=False``; a latent student's
+    raw latents with ``latents=True``)."""
+    return StudentRun.load(run, ema, device, latents)

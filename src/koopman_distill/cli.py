@@ -313,8 +313,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not (args.pairs and args.out):
         raise KDMError("give --pairs STORE and --out RUN_DIR (or --resume RUN_DIR)")
     cfg = _config(args)
-    check_overrides_act(cfg, args.set or [], TRAIN_SECTIONS, "kdm train")
-    print(f"run: {api.run_summary(api.train_kdm(cfg, args.pairs, args.out))}")
+    # data.*: what a teacher of the user's learned, for a store that does not record it
+    check_overrides_act(cfg, args.set or [], (*TRAIN_SECTIONS, "data"), "kdm train")
+    teacher_data = any(k.startswith("data.") for k in override_keys(args.set or []))
+    print(f"run: {api.run_summary(api.train_kdm(cfg, args.pairs, args.out, teacher_data))}")
 
 
 def _sample_chunk(out: Path, n: int, shape: tuple[int, ...], classes: int, block: int) -> int:
@@ -356,7 +358,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         _sample_chunk(out, args.n, shape, meta.get("num_classes", 0), domain_for(shape).block)
     from .api import load_run
 
-    gen = load_run(args.run, ema=not args.raw, device=args.device)
+    gen = load_run(args.run, ema=not args.raw, device=args.device, latents=args.latents)
     noise = load_array(args.noise, shape=gen.shape, what="noise") if args.noise else None
     n = len(noise) if noise is not None else args.n
     labels = load_array(args.labels, what="labels") if args.labels else None
@@ -364,7 +366,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise KDMError("this model is unconditional; do not pass labels (--labels, --class)")
     if args.cls is not None:
         labels = np.full(n, args.cls, dtype=np.int64)
-    chunk = _sample_chunk(out, n, gen.shape, gen.num_classes, gen.block)
+    chunk = _sample_chunk(out, n, gen.output_shape, gen.num_classes, gen.block)
     chunks = (gen.map_chunks(noise, labels, chunk) if noise is not None
               else gen.sample_chunks(n, args.seed or 0, labels, chunk))
     grid = None
@@ -373,7 +375,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         nonlocal grid
         grid = gen.domain.picture({gen.name: head}, Path(args.grid))
 
-    _save_array(out, chunks, gen.shape, n, progress=len(gen.spans(n, chunk)) > 1,
+    _save_array(out, chunks, gen.output_shape, n, progress=len(gen.spans(n, chunk)) > 1,
                 then=write_grid if args.grid else None)
     print(f"wrote {n} samples to {out}")
     if grid is not None:
@@ -574,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "images; a scatter plot of vectors)")
     s.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     s.add_argument("--raw", action="store_true", help="use the raw weights, not the EMA")
+    s.add_argument("--latents", action="store_true", help="a latent pipeline's student: "
+                   "write its latents, not the images its VAE decodes them to")
     s.set_defaults(fn=cmd_sample)
 
     s = sub.add_parser("eval", help="metrics and plots of a KDM run (or of a samples file)",

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 # (noise x_T (B, *shape), int64 labels (B,) or None) -> x_0 (B, *shape), deterministic
 Sampler = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+# a latent teacher's decoder: latents (B, *shape) -> images (B, C, H, W)
+Decoder = Callable[[torch.Tensor], torch.Tensor]
 # a training batch: {"noise": x_T (B, *shape), "clean": x_0 (B, *shape)[, "label": (B,)]}
 # for students; teachers train on their own keys
 Batch = dict[str, torch.Tensor]

@@ -141,7 +141,8 @@ class Images:
         from ..evaluation.core import Reference
 
         if data_known:
-            return Reference(*reference_images(cfg, cfg.eval.n))
+            values, name = reference_images(cfg, cfg.eval.n)
+            return Reference(values, name, data_name=name)
         if pairs is None:
             raise KDMError("this run's pairs record no training data and are not on this "
                            "machine: there is nothing to score its images against")
@@ -164,8 +165,13 @@ class Images:
         )
 
         e = cfg.eval
+        known = reference.data_name is not None  # the teacher's real data, with its labels
+        if e.extractor == "classifier" and not known:
+            raise KDMError("eval.extractor=classifier is trained on the teacher's data, which "
+                           "this run does not record (a teacher not trained here): use "
+                           "--set eval.extractor=effnet or inception")
         clf = (classifier_for(cfg, progress=cfg.train.progress)
-               if e.extractor == "classifier" or labels is not None else None)
+               if e.extractor == "classifier" or (labels is not None and known) else None)
         extractor = clf if e.extractor == "classifier" else build_extractor(
             e.extractor, e.extractor_weights or None,
             **({"resolution": e.effnet_resolution} if e.extractor == "effnet" else {}))
@@ -181,12 +187,12 @@ class Images:
                    "kid_std": kid_std}
             if target is not None:
                 out.update(self.paired(samples, target))
-            if labels is not None:
+            if clf is not None and labels is not None:
                 out["class_accuracy"] = float(np.mean(clf.predict(samples) == labels.numpy()))
             return out
 
         settings: dict[str, Any] = {"extractor_settings": extractor.settings}
-        if labels is not None:
+        if clf is not None and labels is not None:
             settings["classifier_heldout_accuracy"] = clf.settings.get("heldout_accuracy")
         return Scorer(score, settings)
 

@@ -31,7 +31,7 @@ from ..config import Config, EvalConfig
 from ..errors import KDMError
 from ..io import write_json
 from ..pairs import PairStore
-from ..protocols import Teacher
+from ..protocols import Decoder, Teacher
 from ..students import param_count, student_label
 from ..teachers import store_teacher
 from ..training.trainer import read_log
@@ -60,6 +60,15 @@ def teacher_candidates(teacher: Teacher, store: PairStore | None,
             for k in euler]
     return [*(c for c in rows if c.name != name),
             Candidate(name, "teacher", nfe, lambda x, y: teacher.sample(x, y), params)]
+
+
+def decoded(candidates: list[Candidate], decode: Decoder | None) -> list[Candidate]:
+    """``candidates`` of a latent teacher with their outputs decoded to images (as they are
+    for its students); unchanged when ``decode`` is None."""
+    if decode is None:
+        return candidates
+    return [dataclasses.replace(c, sample=lambda x, y, f=c.sample: decode(f(x, y)))
+            for c in candidates]
 
 
 def _train_seconds(run: Path) -> float:
@@ -96,7 +105,11 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
     if teacher is None and store is not None:
         teacher = store_teacher(store, dev)
     pairs = store.load(np.arange(min(e.n, len(store)))) if store is not None else None
-    full = teacher_candidates(teacher, store, euler=()) if teacher is not None else []
+    if pairs is not None and gen.decode is not None:  # latents: scored as decoded images
+        pairs["clean"] = draw(lambda z, y: gen.decode(z), torch.from_numpy(pairs["clean"]),
+                              None, domain.sample_batch(e), dev)
+    full = (decoded(teacher_candidates(teacher, store, euler=()), gen.decode)
+            if teacher is not None else [])
     student = student_candidates(gen)
     reference = domain.reference(cfg, source is not None, full[0].sample if full else None,
                                  pairs, gen.sigma_max, gen.num_classes, dev)
@@ -180,7 +193,7 @@ def evaluate_students(runs: Mapping[str, str | Path], cfg: Config,
     source = data_source(scored, meta)
     extras = dataset_extras(source)
     domain, e = first.domain, cfg.eval
-    teacher_rows = teacher_candidates(teacher, store)
+    teacher_rows = decoded(teacher_candidates(teacher, store), first.decode)
     full = teacher_rows[-1]
     candidates = [*teacher_rows, *(c for g in gens.values()
                                    for c in student_candidates(g, every_step_count=True))]

@@ -23,20 +23,37 @@ if TYPE_CHECKING:
 Loader = Callable[[dict[str, Any], torch.device], Teacher]
 # target (what follows "kind:" in --teacher) and the pairs settings -> the teacher
 Parser = Callable[[str, "PairsConfig"], Teacher]
+# a teacher identity -> its latent decoder (B, *latent) -> (B, *image), or None (pixel space)
+DecoderLoader = Callable[[dict[str, Any], torch.device], Callable | None]
 _LOADERS: dict[str, Loader] = {}
 _PARSERS: dict[str, Parser] = {}
+_DECODERS: dict[str, DecoderLoader] = {}
 
 
 class TeacherUnavailable(KDMError):
     """A teacher that cannot be rebuilt on this machine: its files are gone or changed."""
 
 
-def register(kind: str, loader: Loader, parse: Parser | None = None) -> None:
+def register(kind: str, loader: Loader, parse: Parser | None = None,
+             decoder: DecoderLoader | None = None) -> None:
     """Make teachers of ``kind`` rebuildable from their spec by ``loader``; with ``parse``,
-    ``kind:TARGET`` also names one in ``kdm pairs --teacher`` and :func:`~..api.make_pairs`."""
+    ``kind:TARGET`` also names one in ``kdm pairs --teacher`` and :func:`~..api.make_pairs`;
+    with ``decoder``, a teacher of latents names the decoder that turns them into images."""
     _LOADERS[kind] = loader
     if parse is not None:
         _PARSERS[kind] = parse
+    if decoder is not None:
+        _DECODERS[kind] = decoder
+
+
+def latent_decoder(identity: Any, device: str | torch.device = "cpu") -> Callable | None:
+    """The decoder of a teacher that makes latents, from its ``identity()`` (as a store's
+    manifest and a student run record it): (B, *latent) -> (B, C, H, W) images; None for a
+    teacher in pixel space."""
+    kind = identity.get("kind") if isinstance(identity, Mapping) else None
+    if kind not in _DECODERS:
+        return None
+    return _DECODERS[kind](dict(identity), torch.device(device))
 
 
 def teacher_prefixes() -> list[str]:
