@@ -75,6 +75,10 @@ class Workspace:
         np.save(self.p(name), arr, **kw)
         return self.p(name)
 
+    def make(self, teacher: str, *extra: str) -> list:
+        """``kdm pairs make --teacher TEACHER --out DIR/o [extra]``."""
+        return ["pairs", "make", "--teacher", teacher, "--out", self.p("o"), *extra]
+
     def teachers(self) -> Path:
         """A Python file of the user's teachers (see :data:`TEACHERS_PY`)."""
         self.p("teachers.py").write_text(TEACHERS_PY)
@@ -613,28 +617,25 @@ CASES: list[Case] = [
     Case("--n and pairs.n together", lambda w: [
         "pairs", "--teacher", w.teacher, "--out", w.p("o"), "--n", "300",
         "--set", "pairs.n=400"], "give --n or --set pairs.n, not both"),
-    Case("teacher function that does not exist", lambda w: [
-        "pairs", "make", "--teacher", f"callable:{w.teachers()}:missing", "--out", w.p("o")],
-        "teachers.py has no function 'missing'"),
-    Case("teacher module that does not exist", lambda w: [
-        "pairs", "make", "--teacher", "callable:no_such_module_kdm:f", "--out", w.p("o")],
-        "no module 'no_such_module_kdm'"),
-    Case("teacher file that does not exist", lambda w: [
-        "pairs", "make", "--teacher", f"denoiser:{w.p('none.py')}:f", "--out", w.p("o")],
-        "none.py; give denoiser:FILE.py:FUNCTION with an existing file"),
-    Case("teacher function that declares nothing", lambda w: [
-        "pairs", "make", "--teacher", f"callable:{w.teachers()}:undeclared", "--out", w.p("o")],
-        "does not say what it makes; decorate it"),
-    Case("unknown teacher kind", lambda w: [
-        "pairs", "make", "--teacher", "hub:org/model", "--out", w.p("o")],
-        "unknown teacher kind 'hub'; give a teacher run directory or KIND:TARGET"),
-    Case("unknown denoiser solver", lambda w: [
-        "pairs", "make", "--teacher", f"denoiser:{w.teachers()}:denoiser", "--out", w.p("o"),
-        "--set", "pairs.solver=dpm"], "unknown solver 'dpm' for the denoiser teacher; choose "
-        "one of: heun, euler"),
-    Case("guidance for a denoiser teacher", lambda w: [
-        "pairs", "make", "--teacher", f"denoiser:{w.teachers()}:denoiser", "--out", w.p("o"),
-        "--set", "pairs.guidance=2"], "pairs.guidance is for diffusers teachers"),
+    Case("teacher function that does not exist",
+         lambda w: w.make(f"callable:{w.teachers()}:missing"),
+         "teachers.py has no function 'missing'"),
+    Case("teacher module that does not exist",
+         lambda w: w.make("callable:no_such_module_kdm:f"), "no module 'no_such_module_kdm'"),
+    Case("teacher file that does not exist",
+         lambda w: w.make(f"denoiser:{w.p('none.py')}:f"),
+         "none.py; give denoiser:FILE.py:FUNCTION with an existing file"),
+    Case("teacher function that declares nothing",
+         lambda w: w.make(f"callable:{w.teachers()}:undeclared"),
+         "does not say what it makes; decorate it"),
+    Case("unknown teacher kind", lambda w: w.make("hub:org/model"),
+         "unknown teacher kind 'hub'; give a teacher run directory or KIND:TARGET"),
+    Case("unknown denoiser solver",
+         lambda w: w.make(f"denoiser:{w.teachers()}:denoiser", "--set", "pairs.solver=dpm"),
+         "unknown solver 'dpm' for the denoiser teacher; choose one of: heun, euler"),
+    Case("guidance for a denoiser teacher",
+         lambda w: w.make(f"denoiser:{w.teachers()}:denoiser", "--set", "pairs.guidance=2"),
+         "pairs.guidance is for diffusers teachers"),
     Case("verify a store with NaN (checksum updated)", lambda w: ["pairs", "verify", w.store_shard(
         "clean-00001.npy", _nan_shard(w), reseal=True)],
         "clean-00001.npy has 1 non-finite values (NaN/inf), at example indices [203]"),

@@ -11,20 +11,19 @@ call convention computes that prediction and replaces the folder's network.
 from __future__ import annotations
 
 import json
+import sys
 from types import SimpleNamespace
 
+import diffusers  # the [diffusers] extra, which `make test` installs
 import numpy as np
 import pytest
 import torch
-from conftest import kdm
+from conftest import assert_pairs_resume_bitwise, kdm
 
 from koopman_distill.config import PairsConfig
 from koopman_distill.errors import KDMError
 from koopman_distill.pairs import PairStore
-
-diffusers = pytest.importorskip("diffusers")
-
-from koopman_distill.teachers import DiffusersTeacher, store_teacher  # noqa: E402
+from koopman_distill.teachers import DiffusersTeacher, store_teacher
 
 MU, S = 0.3, 0.5
 
@@ -178,6 +177,12 @@ def test_class_conditional_pipeline_with_guidance(tmp_path, capsys):
     assert s.manifest["nfe"] == 8  # two network evaluations per step under guidance
     assert json.loads((run / "run.json").read_text())["num_classes"] == 3
     assert kdm("sample", run, "--n", 4, "--class", 2, "--out", tmp_path / "x.npy") == 0
+    assert kdm("eval", run, "--out", tmp_path / "eval", "--set", "eval.n=48",
+               "--set", "eval.extractor=effnet", "--set", "eval.effnet_resolution=32",
+               "--no-plots") == 0
+    res = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert res["teacher"]["nfe"] == 8 and res["teacher"]["paired_mse"] == 0.0
+    assert "class_accuracy" not in res["student"]  # no classifier of the teacher's data
     capsys.readouterr()
 
 
@@ -186,18 +191,7 @@ def test_an_interrupted_diffusers_pairs_run_resumes_bitwise(tmp_path):
     args = ["pairs", "make", "--teacher", f"diffusers:{folder}", "--n", "96",
             "--set", "pairs.shard_size=32", "--set", "pairs.batch_size=32",
             "--set", "pairs.steps=3"]
-    assert kdm(*args, "--out", tmp_path / "whole") == 0
-    # a run killed after its first shard (the manifest lists it), then resumed
-    assert kdm(*args, "--out", tmp_path / "cut") == 0
-    m = json.loads((tmp_path / "cut" / "manifest.json").read_text())
-    for shard in m["shards"][1:]:
-        for f in shard["files"].values():
-            (tmp_path / "cut" / f).unlink()
-    m["shards"], m["complete"] = m["shards"][:1], False
-    (tmp_path / "cut" / "manifest.json").write_text(json.dumps(m))
-    assert kdm(*args, "--out", tmp_path / "cut") == 0
-    for f in (tmp_path / "whole").iterdir():
-        assert f.read_bytes() == (tmp_path / "cut" / f.name).read_bytes(), f.name
+    assert_pairs_resume_bitwise(args, tmp_path)
 
 
 @pytest.mark.parametrize("setup, extra, message", [
@@ -272,3 +266,9 @@ def test_latent_pipeline_end_to_end(tmp_path, capsys):
     res = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert res["teacher"]["paired_mse"] == 0.0 and res["student"]["paired_mse"] > 0
     capsys.readouterr()
+
+
+def test_without_diffusers_the_error_names_the_extra(folders, monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers raises ImportError
+    with pytest.raises(KDMError, match=r"pip install 'koopman-distill\[diffusers\]'"):
+        DiffusersTeacher(folders["epsilon"])

@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import kdm, kdm_proc
+from conftest import assert_pairs_resume_bitwise, kdm, kdm_proc
 
 from koopman_distill.config import PairsConfig
 from koopman_distill.errors import KDMError
@@ -185,3 +185,9 @@ def test_a_failing_teacher_leaves_no_store(module, tmp_path, name, message):
     assert res.stderr.strip().splitlines()[-1].startswith("kdm: error: ")
     assert message in res.stderr and "Traceback" not in res.stderr
     assert not out.exists()
+
+
+def test_an_interrupted_callable_pairs_run_resumes_bitwise(module, tmp_path):
+    args = ["pairs", "make", "--teacher", f"callable:{module}:shifted", "--n", "300",
+            "--set", "pairs.shard_size=100"]
+    assert_pairs_resume_bitwise(args, tmp_path)

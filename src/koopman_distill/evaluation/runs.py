@@ -39,6 +39,13 @@ from .core import Candidate, Shown, draw, evaluate
 from .extras import dataset_extras
 
 TEACHER_NFES = (1, 2, 4, 8, 16)  # the teacher's Euler rows in bench
+SOLVER_NAMES = {"ddim": "DDIM", "dpm++2m": "DPM++ 2M"}  # display names, else capitalised
+
+
+def solver_name(method: str) -> str:
+    """A sampler's display name: ``heun-karras`` -> ``Heun``, ``ddim`` -> ``DDIM``."""
+    base = method.split("-")[0]
+    return SOLVER_NAMES.get(base, base.capitalize())
 
 
 # -- candidates -----------------------------------------------------------------------------
@@ -52,7 +59,7 @@ def teacher_candidates(teacher: Teacher, store: PairStore | None,
     one that made the pairs of ``store``."""
     sampler = store.manifest["sampler"] if store is not None else None
     name = ("teacher" if sampler is None else
-            f"teacher ({sampler['method'].split('-')[0].capitalize()} x{sampler['steps']})")
+            f"teacher ({solver_name(sampler['method'])} x{sampler['steps']})")
     nfe = int(store.manifest.get("nfe") or teacher.nfe()) if store is not None else teacher.nfe()
     params = _params(teacher)
     rows = [Candidate(f"teacher (Euler x{k})", "teacher", teacher.nfe(steps=k, solver="euler"),
