@@ -268,7 +268,25 @@ def test_latent_pipeline_end_to_end(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_without_diffusers_the_error_names_the_extra(folders, monkeypatch):
+def test_without_diffusers_the_error_names_the_extra(folders, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers raises ImportError
     with pytest.raises(KDMError, match=r"pip install 'koopman-distill\[diffusers\]'"):
         DiffusersTeacher(folders["epsilon"])
+    capsys.readouterr()
+    assert kdm("pairs", "make", "--teacher", f"diffusers:{folders['epsilon']}",
+               "--out", tmp_path / "store") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "koopman-distill[diffusers]" in err[0]
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_bare_model_folder_takes_its_solver_by_name(tmp_path):
+    unet(4).save_pretrained(tmp_path / "bare")
+    with pytest.raises(KDMError, match="is a bare model folder; choose its solver"):
+        DiffusersTeacher(tmp_path / "bare")
+    t = DiffusersTeacher(tmp_path / "bare", PairsConfig(solver="ddim", steps=3))
+    assert type(t.scheduler).__name__ == "DDIMScheduler" and t.nfe() == 3
+    files = set(t.identity()["files_sha256"])
+    assert files == {"config.json", "diffusion_pytorch_model.safetensors"}
+    x = torch.randn(2, *t.shape, generator=torch.Generator().manual_seed(0))
+    assert t.sample(x).shape == (2, 1, 4, 4)

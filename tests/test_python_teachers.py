@@ -187,7 +187,8 @@ def test_a_failing_teacher_leaves_no_store(module, tmp_path, name, message):
     assert not out.exists()
 
 
-def test_an_interrupted_callable_pairs_run_resumes_bitwise(module, tmp_path):
-    args = ["pairs", "make", "--teacher", f"callable:{module}:shifted", "--n", "300",
-            "--set", "pairs.shard_size=100"]
+@pytest.mark.parametrize("teacher", ["callable:{m}:shifted", "denoiser:{m}:gaussian"])
+def test_an_interrupted_pairs_run_resumes_bitwise(module, tmp_path, teacher):
+    args = ["pairs", "make", "--teacher", teacher.format(m=module), "--n", "300",
+            "--set", "pairs.shard_size=100", "--set", "pairs.steps=4"]
     assert_pairs_resume_bitwise(args, tmp_path)
