@@ -9,6 +9,7 @@ Run directories have a fixed shape: ``config.json`` (the resolved :class:`Config
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import re
@@ -478,15 +479,12 @@ class StudentRun:
         """Shape of one example: (D,) or (C, H, W)."""
         return tuple(self.meta["shape"])
 
-    @property
+    @functools.cached_property
     def output_shape(self) -> tuple[int, ...]:
         """Shape of one output: :attr:`shape`, or a latent student's decoded image."""
         if self.decode is None:
             return self.shape
-        if not hasattr(self, "_output_shape"):
-            z = torch.zeros(1, *self.shape, device=self.device)
-            self._output_shape = tuple(self.decode(z).shape[1:])
-        return self._output_shape
+        return tuple(self.decode(torch.zeros(1, *self.shape, device=self.device)).shape[1:])
 
     @property
     def domain(self) -> Domain:

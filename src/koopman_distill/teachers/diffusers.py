@@ -14,7 +14,7 @@ A class-conditional model (``num_class_embeds`` of a UNet, ``num_embeds_ada_norm
 makes labelled pairs; ``pairs.guidance`` w != 1 applies classifier-free guidance
 ``uncond + w (cond - uncond)`` with the model's unconditional class ``pairs.null_class`` (its
 last class id). A pipeline with a ``vae/`` is a latent pipeline: pairs are latents (the
-manifest records it) and :meth:`DiffusersTeacher.decode` maps them to images through the VAE.
+manifest records it) and :func:`decoder_of` maps them to images through the VAE.
 Nothing is ever downloaded.
 """
 
@@ -268,13 +268,6 @@ class DiffusersTeacher(nn.Module):
             out = self._model_output(sched.scale_model_input(x, t), t, labels)
             x = sched.step(out, t, x).prev_sample
         return check_output(x, noise, f"diffusers teacher {self.folder}")
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (B, *shape) -> images (B, C, H, W) in [-1, 1] through the pipeline's VAE."""
-        if self.vae is None:
-            return z
-        return self.vae.decode(z / self.vae.config.scaling_factor).sample.clamp(-1, 1)
 
 
 def _parse(target: str, pairs: PairsConfig) -> DiffusersTeacher:
