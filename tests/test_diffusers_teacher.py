@@ -290,3 +290,28 @@ def test_a_bare_model_folder_takes_its_solver_by_name(tmp_path):
     assert files == {"config.json", "diffusion_pytorch_model.safetensors"}
     x = torch.randn(2, *t.shape, generator=torch.Generator().manual_seed(0))
     assert t.sample(x).shape == (2, 1, 4, 4)
+
+
+def test_a_dit_transformer_folder(tmp_path):
+    """A class-conditional DiT (``transformer/``, learned variance: twice the channels out):
+    its classes are ``num_embeds_ada_norm``, its null class the next id."""
+    torch.manual_seed(0)
+    dit = diffusers.DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=1, out_channels=2,
+        num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=3)
+    folder = tmp_path / "dit"
+    dit.save_pretrained(folder / "transformer")
+    scheduler().save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
+        "scheduler": ["diffusers", "DDIMScheduler"]}))
+    t = DiffusersTeacher(folder, PairsConfig(solver="ddim", steps=3))
+    assert t.shape == (1, 4, 4) and t.num_classes == 3 and t.nfe() == 3
+    x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0])
+    out = t.sample(x, y)
+    assert out.shape == (4, 1, 4, 4) and torch.isfinite(out).all()
+    guided = DiffusersTeacher(folder, PairsConfig(solver="ddim", steps=3, guidance=3.0,
+                                                  null_class=3))
+    assert guided.num_classes == 3 and guided.nfe() == 6
+    assert not torch.equal(guided.sample(x, y), out)  # the guidance changes the samples
