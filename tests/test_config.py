@@ -104,10 +104,12 @@ def test_every_setting_carries_its_check():
             elif not check.choices:
                 assert check in BAD, f"{cls.__name__}.{f.name}: a rule this test does not know"
     # what is deliberately left unchecked: seeds, names and paths, a real of any sign, the
-    # device (checked against the machine when a run starts), and a boolean that acts_with
+    # device (checked against the machine when a run starts), a boolean that acts_with, and
+    # a teacher's solver and null class (checked by the teacher, whose choices they are)
     assert sorted(unchecked) == sorted([
         "Config.preset", "DataConfig.source", "DataConfig.seed", "TeacherConfig.P_mean",
-        "PairsConfig.seed", "ModelConfig.koopman_bias", "ModelConfig.lpips_weights",
+        "PairsConfig.seed", "PairsConfig.solver", "PairsConfig.null_class",
+        "ModelConfig.koopman_bias", "ModelConfig.lpips_weights",
         "TrainConfig.seed", "TrainConfig.device", "TrainConfig.init", "EvalConfig.seed",
         "EvalConfig.reference_seed", "EvalConfig.extractor_weights"])
 

@@ -303,6 +303,8 @@ def test_train_kdm_refuses_unlabelled_store_for_conditional(digits, tmp_path) ->
         k: v for k, v in store.load(np.arange(n)).items() if k in ("noise", "clean")},
         16, 16, 0, sigma_max=80.0, shape=SHAPE, teacher={"kind": "x"}, sampler={}, nfe=1,
         progress=False)
+    # the store records no data: its (missing) labels decide, unless the caller names the
+    # teacher's data, which asks for a conditional student
     with pytest.raises(KDMError, match="has no labels"):
-        train_kdm(cfg, tmp_path / "nolab", tmp_path / "run")
+        train_kdm(cfg, tmp_path / "nolab", tmp_path / "run", teacher_data=True)
     assert not (tmp_path / "run").exists()

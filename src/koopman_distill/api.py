@@ -244,11 +244,13 @@ def make_pairs(teacher: Teacher | str | Path, out: str | Path, cfg: Config | Non
 
 
 # -- KDM ------------------------------------------------------------------------------------
-def store_classes(store: PairStore, cfg: Config) -> int:
-    """Number of classes a KDM on ``store`` is conditioned on (0 = unconditional): a teacher
-    run's ``data.conditional`` (recorded with the store), else whether the store has labels
-    (a teacher of the user's that takes class labels)."""
-    conditional = cfg.data.conditional if store.manifest.get("config") else store.has_labels
+def store_classes(store: PairStore, cfg: Config, data_given: bool = False) -> int:
+    """Number of classes a KDM on ``store`` is conditioned on (0 = unconditional): the
+    ``data.conditional`` of the teacher's data (recorded with the store, or ``data_given``
+    by the caller), else whether the store has labels (a teacher of the user's that takes
+    class labels)."""
+    known = data_given or bool(store.manifest.get("config"))
+    conditional = cfg.data.conditional if known else store.has_labels
     if not conditional:
         return 0
     if not store.has_labels:
@@ -283,7 +285,7 @@ def train_kdm(cfg: Config, pairs: str | Path, out: str | Path,
     meta = {"kind": "kdm", "sigma_max": store.sigma_max, "pairs": str(Path(pairs).resolve()),
             "n_pairs": len(store), "teacher": store.manifest.get("teacher"),
             "nfe_teacher": store.manifest.get("nfe"), "shape": list(store.shape),
-            "num_classes": store_classes(store, cfg),
+            "num_classes": store_classes(store, cfg, teacher_data),
             "teacher_data": recorded or teacher_data}
     store.check_finite()  # validated before anything is written
     on_main(lambda: _check_new_run(out, cfg))

@@ -87,3 +87,5 @@ def check_run_meta(meta: Any, run: Path) -> None:
             raise bad(f"lacks {key}")
         if not ok(meta[key]):
             raise bad(f"has {key} {meta[key]!r}")
+    if "teacher_data" in meta and not isinstance(meta["teacher_data"], bool):
+        raise bad(f"has teacher_data {meta['teacher_data']!r}, expected true or false")

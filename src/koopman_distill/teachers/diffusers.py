@@ -293,6 +293,11 @@ def decoder_of(identity: dict[str, Any], device: torch.device) -> Callable | Non
     latent = identity.get("latent") if isinstance(identity, dict) else None
     if not latent:
         return None
+    if not (isinstance(latent, dict) and isinstance(latent.get("vae"), str)
+            and isinstance(latent.get("scaling_factor"), (int, float))
+            and not isinstance(latent["scaling_factor"], bool)):
+        raise KDMError(f"the teacher's latent record {latent!r} is damaged (expected a VAE "
+                       "path and a scaling factor); restore run.json or retrain")
     path = Path(latent["vae"])
     if not (path / "config.json").is_file():
         raise KDMError(f"the VAE {path} that decodes this run's latents is not on this "

@@ -51,7 +51,7 @@ def latent_decoder(identity: Any, device: str | torch.device = "cpu") -> Callabl
     manifest and a student run record it): (B, *latent) -> (B, C, H, W) images; None for a
     teacher in pixel space."""
     kind = identity.get("kind") if isinstance(identity, Mapping) else None
-    if kind not in _DECODERS:
+    if not isinstance(kind, str) or kind not in _DECODERS:
         return None
     return _DECODERS[kind](dict(identity), torch.device(device))
 
