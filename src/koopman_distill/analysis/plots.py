@@ -108,6 +108,83 @@ def scatter_compare(panels: Mapping[str, Any], out_png: str | os.PathLike,
         return _save(fig, out_png)
 
 
+def paths(panels: Mapping[str, Any], out_png: str | os.PathLike,
+          context: np.ndarray | None = None,
+          background: Callable[[Any], None] | None = None,
+          axis_labels: tuple[str, str] | None = None) -> Path:
+    """Sequences of 2-D points drawn as paths, one panel per entry (e.g. outputs along an
+    interpolation in the latent and in the noise).
+
+    ``panels`` maps a label to points (P, L, 2): P paths of L points, one colour each, the
+    first point a circle and the last a square; ``context`` (N, 2) is drawn in light grey
+    under every panel (e.g. all samples), after ``background(ax)`` (the checkerboard's board),
+    which also sets the limits (else they fit the points).
+    """
+    if not panels:
+        raise KDMError("paths needs at least one panel")
+    data = {}
+    for name, pts in panels.items():
+        arr = np.asarray(pts, dtype=np.float64)
+        if arr.ndim != 3 or arr.shape[-1] != 2 or arr.shape[1] < 2:
+            raise KDMError(f"panel {name!r} must hold paths of shape (P, L >= 2, 2), got "
+                           f"{arr.shape}")
+        data[name] = arr
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _figure(1, len(data), PANEL_SIZE * len(data), PANEL_SIZE + 0.4)
+        for ax, (name, arr) in zip(axes[0], data.items(), strict=True):
+            if background is not None:
+                background(ax)
+            else:
+                _limits(ax, [a.reshape(-1, 2) for a in data.values()]
+                        + ([] if context is None else [context]))
+            if context is not None:
+                _scatter(ax, context, color="0.75", alpha=0.4)
+            for i, path in enumerate(arr):
+                color = f"C{i % 10}"
+                ax.plot(path[:, 0], path[:, 1], color=color, linewidth=1.0, marker=".",
+                        markersize=3)
+                ax.plot(*path[0], marker="o", color=color, markersize=5)
+                ax.plot(*path[-1], marker="s", color=color, markersize=5)
+            ax.set_title(f"{name} ({len(arr)} paths of {arr.shape[1]} points)")
+            if axis_labels is not None:
+                ax.set_xlabel(axis_labels[0])
+                ax.set_ylabel(axis_labels[1])
+        return _save(fig, out_png)
+
+
+def outlier_scatter(rows: Mapping[str, tuple[Any, Any, Any]], out_png: str | os.PathLike,
+                    top: int, background: Callable[[Any], None] | None = None) -> Path:
+    """Outliers and where their noise lies: ``rows`` maps a name (e.g. ``"KDM samples"``,
+    ``"teacher pairs"``) to ``(noise, outputs, scores)``, points (N, 2) paired row by row
+    and an outlier score (N,) each. Per row: left the outputs coloured by score (over
+    ``background(ax)``), right the noise plane coloured the same; the ``top`` highest scores
+    are circled in red on both."""
+    data = {name: (noise, x, np.asarray(rows[name][2], dtype=np.float64)) for name, (noise, x)
+            in _paired_rows({k: v[:2] for k, v in rows.items()}, ("noise", "outputs"),
+                            "outlier_scatter").items()}
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _figure(len(data), 2, 2 * PANEL_SIZE + 1.0, (PANEL_SIZE + 0.3) * len(data))
+        for (left, right), (name, (noise, x, scores)) in zip(axes, data.items(), strict=True):
+            order = np.argsort(scores)  # high scores drawn last, on top
+            worst = order[::-1][:top]
+            for ax, pts, what in ((left, x, "outputs"), (right, noise, "noise")):
+                if ax is left and background is not None:
+                    background(ax)
+                else:  # every point: the outliers may be the extreme ones
+                    lo, hi = pts.min(axis=0), pts.max(axis=0)
+                    pad = 0.05 * float(np.max(hi - lo)) or 1.0
+                    ax.set_xlim(lo[0] - pad, hi[0] + pad)
+                    ax.set_ylim(lo[1] - pad, hi[1] + pad)
+                    ax.set_aspect("equal")
+                dots = ax.scatter(pts[order, 0], pts[order, 1], c=scores[order], s=3,
+                                  cmap="viridis", linewidths=0, rasterized=True)
+                ax.scatter(pts[worst, 0], pts[worst, 1], s=40, facecolors="none",
+                           edgecolors=OUTLIER_COLOR, linewidths=0.8)
+                ax.set_title(f"{name}: {what}, top {len(worst)} outliers circled")
+            fig.colorbar(dots, ax=right, label="outlier score (mean kNN distance)")
+        return _save(fig, out_png)
+
+
 # -- the checkerboard's figures -------------------------------------------------------------
 def draw_board(ax: Any, lim: float = BOARD_LIM) -> None:
     """Square axes with limits [-lim, lim] and the occupied squares outlined lightly."""

@@ -127,6 +127,7 @@ class CheckerboardExtras:
 
     name = "checkerboard"
     columns = (Column("inside squares", "inside_fraction", ".4f"),)
+    semantic_name = "square"
     shown = 10_000  # points drawn per noise-structure panel
 
     def metrics(self, samples: np.ndarray, target: np.ndarray | None) -> dict[str, float]:
@@ -145,6 +146,9 @@ class CheckerboardExtras:
         gap = kdm["inside_fraction"] - kd["inside_fraction"]
         return {"kdm_inside_minus_kd_inside": gap, "quality_target_met": gap >= 0,
                 "quality_check": f"KDM inside - KD inside = {gap:+.4f} (target >= 0)"}
+
+    def semantic_labels(self, samples: np.ndarray) -> np.ndarray:
+        return square_index(samples)
 
     def background(self, ax: Any) -> None:
         from ..analysis.plots import draw_board

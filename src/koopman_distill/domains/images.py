@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from ..analysis.latent import Semantics
     from ..config import Config, EvalConfig, ModelConfig
     from ..evaluation.core import Reference, Scorer, Shown
     from ..evaluation.extras import DatasetExtras
@@ -231,6 +232,48 @@ class Images:
         from ..analysis import plots
 
         return plots.image_grids(dict(panels), path)
+
+    # -- analysis ----------------------------------------------------------------------------
+    def semantics(self, cfg: Config, data_known: bool, extras: DatasetExtras | None,
+                  device: torch.device) -> Semantics:
+        """What ``kdm analyze`` compares images by: for a teacher that learned labelled data
+        here, the evaluation classifier's predicted label and its features; else no labels,
+        and pixels."""
+        from ..analysis.latent import Semantics, flat
+
+        if data_known:
+            from ..data.images import load_images
+            from ..metrics.images import extract_features
+
+            data = load_images(cfg.data.source, cfg.data.resolution, cfg.data.channels or None)
+            if data.labels is not None:
+                clf = classifier_for(cfg, progress=cfg.train.progress)  # stays on the CPU
+                return Semantics(clf.predict, "classifier label",
+                                 lambda x: extract_features(clf, x, cfg.eval.batch_size),
+                                 "classifier features")
+        return Semantics(None, None, flat, "pixels")
+
+    def sequences(self, panels: Mapping[str, np.ndarray], path: Path, context: np.ndarray,
+                  extras: DatasetExtras | None) -> Path:
+        """Sequences of images (P, L, C, H, W) per panel (an interpolation, a walk along a
+        direction): a grid with a row per sequence."""
+        from ..analysis import plots
+
+        return plots.image_grids({k: v.reshape(-1, *v.shape[2:]) for k, v in panels.items()},
+                                 path, nrow=next(iter(panels.values())).shape[1])
+
+    def outliers(self, rows: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 path: Path, extras: DatasetExtras | None, top: int) -> Path:
+        """Per row (name -> noise, images, outlier scores (N,)): the ``top`` images of highest
+        score, highest first."""
+        import numpy as np
+
+        from ..analysis import plots
+
+        return plots.image_grids({f"{name}: top {min(top, len(x))} outliers": x[
+            np.argsort(-scores, kind="stable")[:top]] for name, (_, x, scores) in rows.items()},
+            path, nrow=min(top, 8))
+
 
 
 def classifier_for(cfg: Config, progress: bool = True) -> Any:

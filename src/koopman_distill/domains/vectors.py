@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from ..analysis.latent import Semantics
     from ..config import Config, EvalConfig, ModelConfig
     from ..evaluation.core import Reference, Scorer, Shown
     from ..evaluation.extras import DatasetExtras
@@ -204,6 +205,49 @@ class Vectors:
         to_2d, axes = self._projection(next(iter(panels.values())))
         return plots.scatter_compare({k: to_2d(v) for k, v in panels.items()}, path,
                                      axis_labels=axes)
+
+    # -- analysis ----------------------------------------------------------------------------
+    def semantics(self, cfg: Config, data_known: bool, extras: DatasetExtras | None,
+                  device: torch.device) -> Semantics:
+        """What ``kdm analyze`` compares points by: the dataset's semantic labels (the
+        checkerboard's square) where its extras give them, else none; outliers are measured in
+        the output coordinates."""
+        from ..analysis.latent import Semantics, flat
+
+        if extras is None:
+            return Semantics(None, None, flat, "output coordinates")
+        return Semantics(extras.semantic_labels, extras.semantic_name, flat,
+                         "output coordinates")
+
+    def sequences(self, panels: Mapping[str, np.ndarray], path: Path, context: np.ndarray,
+                  extras: DatasetExtras | None) -> Path | None:
+        """Sequences of points (P, L, D) per panel (an interpolation, a walk along a
+        direction) drawn as paths over the ``context`` points (N, D), projected as in
+        :meth:`plots`; none for D = 1."""
+        if self.shape[0] == 1:
+            return None
+        from ..analysis import plots
+
+        to_2d, axes = self._projection(context)
+        return plots.paths({k: to_2d(v.reshape(-1, self.shape[0])).reshape(*v.shape[:2], 2)
+                            for k, v in panels.items()}, path, context=to_2d(context[:SHOWN]),
+                           background=None if extras is None else extras.background,
+                           axis_labels=axes)
+
+    def outliers(self, rows: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 path: Path, extras: DatasetExtras | None, top: int) -> Path | None:
+        """Per row (name -> noise (N, D), outputs (N, D), outlier scores (N,)): the outputs
+        and their noise coloured by score, the ``top`` highest circled; none for D = 1."""
+        if self.shape[0] == 1:
+            return None
+        from ..analysis import plots
+
+        shown = {}
+        for name, (noise, x, scores) in rows.items():
+            out_2d, noise_2d = self._projection(x)[0], self._projection(noise)[0]
+            shown[name] = (noise_2d(noise[:SHOWN]), out_2d(x[:SHOWN]), scores[:SHOWN])
+        return plots.outlier_scatter(shown, path, top,
+                                     background=None if extras is None else extras.background)
 
     def _projection(self, basis_of: np.ndarray) -> tuple[Any, tuple[str, str] | None]:
         """Points (N, D) -> (N, 2): unchanged for D = 2, else onto the first two principal

@@ -24,6 +24,7 @@ class DatasetExtras(Protocol):
 
     name: str
     columns: tuple[Column, ...]  # shown before the domain's own
+    semantic_name: str  # what :meth:`semantic_labels` labels, e.g. ``square``
 
     def metrics(self, samples: np.ndarray, target: np.ndarray | None) -> dict[str, float]:
         """Metrics of samples; with ``target`` (the teacher's outputs on the same noise)
@@ -38,6 +39,10 @@ class DatasetExtras(Protocol):
     def quality_check(self, kdm: Mapping[str, Any], kd: Mapping[str, Any]) -> dict[str, Any]:
         """The bench's quality comparison of KDM with KD (one-step rows): the measured
         value, ``quality_target_met`` and ``quality_check`` (one line saying both)."""
+
+    def semantic_labels(self, samples: np.ndarray) -> np.ndarray:
+        """A semantic label (N,) int64 per sample, -1 for none (``kdm analyze`` asks whether
+        neighbours in the latent share it)."""
 
     def background(self, ax: Any) -> None:
         """Drawn under every scatter panel of samples (sets the axes' limits)."""

@@ -30,6 +30,7 @@ from ..api import StudentRun, data_source
 from ..config import Config, EvalConfig
 from ..errors import KDMError
 from ..io import write_json
+from ..models.koopman import spectra
 from ..pairs import PairStore
 from ..protocols import Decoder, Teacher
 from ..students import param_count, student_label
@@ -163,11 +164,7 @@ def _run_plots(run: Path, gen: StudentRun, out: Path) -> dict[str, Path]:
     paths = {}
     K = getattr(gen.model, "K", None)  # baselines have no Koopman operator
     if K is not None:
-        eig = {"K (applied)": torch.linalg.eigvals(K.matrix().detach().double().cpu()).numpy()}
-        if hasattr(K, "eigenvalues"):
-            lam = K.eigenvalues().detach().cpu().numpy()
-            eig["λ (parametrised)"] = np.concatenate([lam, lam.conj()])
-        paths["spectrum"] = plots.spectrum(eig, out / "spectrum.png")
+        paths["spectrum"] = plots.spectrum(spectra(K), out / "spectrum.png")
     log = run / "log.jsonl"
     rows = read_log(log, skip_damaged=True) if log.is_file() else []
     if any("loss" in r for r in rows):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -104,3 +105,13 @@ def build_koopman(d: int, cfg: ModelConfig) -> DenseKoopman | EigenKoopman:
     if cfg.koopman == "eigen":
         return EigenKoopman(d, cfg.r_min, cfg.r_max, cfg.spectrum_target)
     raise KDMError(f"unknown koopman {cfg.koopman!r}; choose dense or eigen")
+
+
+def spectra(K: DenseKoopman | EigenKoopman) -> dict[str, np.ndarray]:
+    """The eigenvalues to plot (complex, each (d,)): ``K (applied)``, those of the applied
+    matrix, and for an eigen K also ``λ (parametrised)`` with their conjugates."""
+    out = {"K (applied)": torch.linalg.eigvals(K.matrix().detach().double().cpu()).numpy()}
+    if isinstance(K, EigenKoopman):
+        lam = K.eigenvalues().detach().cpu().numpy()
+        out["λ (parametrised)"] = np.concatenate([lam, lam.conj()])
+    return out
