@@ -503,13 +503,51 @@ def cmd_bench(args: argparse.Namespace) -> None:
           f"{result['plot']}")
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    cfg, meta = read_run(args.run)  # the cheap checks, before torch is imported
+    if meta["kind"] != "kdm" or cfg.model.method != "kdm":
+        what = "teacher" if meta["kind"] == "teacher" else f"{cfg.model.method!r} student"
+        raise KDMError(f"{args.run} is a {what} run without a Koopman latent; kdm analyze needs "
+                       "a KDM run (model.method=kdm)")
+    if not any(Path(args.run, "checkpoints").glob("step-*")):
+        raise KDMError(f"{args.run} has no checkpoint yet; train it first")
+    if args.k < 1 or args.n <= args.k:
+        raise KDMError(f"--n {args.n} is too small for --k {args.k} neighbours: every sample "
+                       f"needs {args.k} others; raise --n or lower --k (k >= 1)")
+    out = Path(args.out) if args.out else Path(args.run) / "analysis"
+    if out.exists() and not out.is_dir():
+        raise KDMError(f"--out {out} is a file; kdm analyze writes analysis.json (and plots) "
+                       "into a directory: give a directory")
+    if (out / "analysis.json").exists() and not args.force:
+        raise KDMError(f"{out} already holds an analysis (analysis.json); add --force to "
+                       "replace it, or pick another --out")
+    _check_writable(out, "--out", out)
+    from .analysis import analyze_run
+
+    r = analyze_run(args.run, out, n=args.n, k=args.k, seed=args.seed, device=args.device)
+    prox = r["proximity"]
+    spaces = ("latent", "noise", "random")
+    within = " (within the requested label)" if r["settings"]["within_requested_label"] else ""
+    if "agreement" in prox:
+        print(f"same {prox['label']} as the k={args.k} neighbours{within}: " + ", ".join(
+            f"{s} {prox['agreement'][s]:.3f}" for s in spaces))
+    print(f"mean output distance to the neighbours{within}: " + ", ".join(
+        f"{s} {prox['output_distance'][s]:.4g}" for s in spaces))
+    rank = prox["rank_correlation"]
+    print(f"rank correlation with output distance: latent {rank['latent_vs_output']:.3f}, "
+          f"noise {rank['noise_vs_output']:.3f}")
+    for name, path in r["plots"].items():
+        print(f"{name}: {path}")
+    print(f"analysis: {out / 'analysis.json'}")
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kdm", description="Koopman distillation: one-step generators from "
                 "diffusion and flow-matching teachers.", epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"kdm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                           metavar="{config,teacher,pairs,train,sample,eval,demo,bench}")
+                           metavar="{config,teacher,pairs,train,sample,eval,demo,bench,analyze}")
 
     s = sub.add_parser("config", help="print the resolved config of a preset as JSON")
     _add_config_args(s)
@@ -623,6 +661,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "demo / fashion16-cond; e.g. checkerboard for the full 2-D budget)")
     _add_config_args(s, with_preset=False)
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("analyze", help="inside a KDM: latent neighbours, interpolation, the "
+                       "Koopman spectrum and outliers (analysis.json and plots)")
+    s.add_argument("run", help="KDM run directory")
+    s.add_argument("--out", help="output directory (default RUN/analysis)")
+    s.add_argument("--n", type=_count, default=2000, help="held-out noise inputs (default "
+                   "2000, seed eval.seed)")
+    s.add_argument("--k", type=int, default=10, help="neighbours per sample (default 10)")
+    s.add_argument("--seed", type=int, help="noise seed (default: the run's eval.seed)")
+    s.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    s.add_argument("--force", action="store_true", help="replace an earlier analysis in --out")
+    s.set_defaults(fn=cmd_analyze)
     return p
 
 

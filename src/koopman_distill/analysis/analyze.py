@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ..api import StudentRun, data_source
 from ..errors import KDMError
 from ..evaluation.core import draw
-from ..evaluation.extras import dataset_extras
+from ..evaluation.extras import DatasetExtras, dataset_extras
 from ..io import write_json
 from ..models.koopman import spectra
 from ..pairs import PairStore
@@ -46,6 +46,7 @@ STEPS = 9  # points per interpolation and per eigen-direction walk
 DIRECTIONS = 4  # leading eigen-directions shown
 TOP = 16  # outliers listed and shown
 SHOWN_NEIGHBOURS = 7  # neighbours per query in the neighbours picture
+Rows = tuple[np.ndarray, np.ndarray, np.ndarray]  # noise, outputs, outlier scores (N, ...)
 
 
 class _Latent:
@@ -77,11 +78,12 @@ class _Latent:
 
 def analyze_run(run: str | Path | StudentRun, out: str | Path | None = None, n: int = 2000,
                 k: int = 10, seed: int | None = None, device: str = "auto",
-                progress: bool = True) -> dict[str, Any]:
+                make_plots: bool = True, progress: bool = True) -> dict[str, Any]:
     """Analyse the latent of a KDM run (a run directory, or a loaded
     :class:`~..api.StudentRun`) on ``n`` noise inputs of ``seed`` (default ``eval.seed``)
-    with ``k`` neighbours: writes ``analysis.json`` and its PNGs into ``out`` (default
-    ``RUN/analysis``) and returns the result (see the module docstring)."""
+    with ``k`` neighbours: writes ``analysis.json`` (and its PNGs, unless ``make_plots`` is
+    off) into ``out`` (default ``RUN/analysis``) and returns the result (see the module
+    docstring)."""
     gen = run if isinstance(run, StudentRun) else StudentRun.load(run, device=device)
     if getattr(gen.model, "K", None) is None:
         raise KDMError(f"{gen.run or 'this model'} is a {gen.method!r} student without a "
@@ -117,23 +119,8 @@ def analyze_run(run: str | Path | StudentRun, out: str | Path | None = None, n: 
     stages.update()
 
     out.mkdir(parents=True, exist_ok=True)
-    queries = np.arange(min(INTERPOLATIONS, n))
-    shown = min(SHOWN_NEIGHBOURS, k)
-    paths: dict[str, Path | None] = {
-        "neighbours": gen.domain.sequences(
-            {f"latent neighbours (k={shown})": _rows(x, queries, near["latent"][:, :shown]),
-             f"noise neighbours (k={shown})": _rows(x, queries, near["noise"][:, :shown])},
-            out / "neighbours.png", x, extras),
-        "interpolation": gen.domain.sequences(walks, out / "interpolation.png", x, extras),
-        "spectrum": plots.spectrum(spectra(gen.model.K), out / "spectrum.png"),
-        "eigen_directions": gen.domain.sequences(directions, out / "eigen_directions.png",
-                                                 x, extras)}
-    rows = {"KDM samples": (noise.numpy(), x, scores)}
-    if pairs is not None:
-        rows["teacher pairs"] = pairs[1]
-    paths["outliers"] = gen.domain.outliers(rows, out / "outliers.png", extras, TOP)
-    if extras is not None:  # e.g. the checkerboard's noise structure
-        paths.update(extras.plots(out, {name: (r[0], r[1]) for name, r in rows.items()}, None))
+    paths = _plots(gen, out, x, noise.numpy(), scores, near, walks, directions, pairs, extras) \
+        if make_plots else {}
     stages.update()
     stages.close()
     result = {"run": str(gen.run.resolve()) if gen.run is not None else None,
@@ -146,9 +133,34 @@ def analyze_run(run: str | Path | StudentRun, out: str | Path | None = None, n: 
                            "rank_pairs": RANK_PAIRS},
               "proximity": proximity, "interpolation": interpolation, "spectrum": spectrum,
               "outliers": outliers,
-              "plots": {k: str(v.resolve()) for k, v in paths.items() if v is not None}}
+              "plots": {k: str(v.resolve()) for k, v in paths.items()}}
     write_json(out / "analysis.json", result)
     return result
+
+
+def _plots(gen: StudentRun, out: Path, x: np.ndarray, noise: np.ndarray, scores: np.ndarray,
+           near: dict[str, np.ndarray], walks: dict[str, np.ndarray],
+           directions: dict[str, np.ndarray], pairs: tuple[Any, Rows] | None,
+           extras: DatasetExtras | None) -> dict[str, Path]:
+    """The PNGs of the analysis in ``out``: name -> path (those the domain can draw)."""
+    queries = np.arange(min(INTERPOLATIONS, len(x)))
+    shown = min(SHOWN_NEIGHBOURS, near["latent"].shape[1])
+    paths: dict[str, Path | None] = {
+        "neighbours": gen.domain.sequences(
+            {f"latent neighbours (k={shown})": _rows(x, queries, near["latent"][:, :shown]),
+             f"noise neighbours (k={shown})": _rows(x, queries, near["noise"][:, :shown])},
+            out / "neighbours.png", x, extras),
+        "interpolation": gen.domain.sequences(walks, out / "interpolation.png", x, extras),
+        "spectrum": plots.spectrum(spectra(gen.model.K), out / "spectrum.png"),
+        "eigen_directions": gen.domain.sequences(directions, out / "eigen_directions.png",
+                                                 x, extras)}
+    rows: dict[str, Rows] = {"KDM samples": (noise, x, scores)}
+    if pairs is not None:
+        rows["teacher pairs"] = pairs[1]
+    paths["outliers"] = gen.domain.outliers(rows, out / "outliers.png", extras, TOP)
+    if extras is not None:  # e.g. the checkerboard's noise structure
+        paths.update(extras.plots(out, {name: (r[0], r[1]) for name, r in rows.items()}, None))
+    return {k: v for k, v in paths.items() if v is not None}
 
 
 def _rows(x: np.ndarray, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -234,7 +246,7 @@ def _directions(lat: _Latent, gen: StudentRun, z: np.ndarray, labels: torch.Tens
 
 
 def _pair_outliers(gen: StudentRun, n: int, k: int, sem: latent.Semantics
-                   ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+                   ) -> tuple[dict[str, Any], Rows] | None:
     """Outlier scores of the teacher's first ``n`` pairs (their clean side, decoded for a
     latent student; store rows as indices) and (noise, outputs, scores); None where the
     store is not on this machine."""
