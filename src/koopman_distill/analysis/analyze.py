@@ -233,7 +233,7 @@ def _directions(lat: _Latent, gen: StudentRun, z: np.ndarray, labels: torch.Tens
         diff = lat.decode(base + step, y) - lat.decode(base - step, y)
         change.append(float(np.linalg.norm(latent.flat(diff), axis=1).mean() / 2))
     mod = np.abs(ev)
-    return ({"K eigen-directions (rows), a = -2..2 latent std": x.reshape(
+    return ({"eigen-directions of K, z + a s v, a = -2..2": x.reshape(
                 *walk.shape[:2], *x.shape[1:])},
             {"d": int(K.shape[0]), "spectral_radius": float(mod.max()),
              "outside_unit_circle": int((mod > 1).sum()),

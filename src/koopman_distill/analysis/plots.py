@@ -145,7 +145,7 @@ def paths(panels: Mapping[str, Any], out_png: str | os.PathLike,
                         markersize=3)
                 ax.plot(*path[0], marker="o", color=color, markersize=5)
                 ax.plot(*path[-1], marker="s", color=color, markersize=5)
-            ax.set_title(f"{name} ({len(arr)} paths of {arr.shape[1]} points)")
+            ax.set_title(f"{name}\n{len(arr)} paths of {arr.shape[1]} points")
             if axis_labels is not None:
                 ax.set_xlabel(axis_labels[0])
                 ax.set_ylabel(axis_labels[1])
