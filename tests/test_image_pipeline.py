@@ -104,6 +104,30 @@ def test_sample_conditional_and_noise(digits, tmp_path) -> None:
                                gen.map(gen.noise(3, 9), np.array([1, 2, 3])), atol=1e-6)
 
 
+def test_analyze_conditional_images(digits, tmp_path) -> None:
+    """``kdm analyze`` on the conditional digits KDM: the classifier's label, neighbours and
+    interpolations within the requested label, a picture of each part."""
+    from koopman_distill.analysis import analyze_run
+
+    r = analyze_run(digits["kdm"], tmp_path / "an", n=120, k=3, device="cpu", progress=False)
+    s = r["settings"]
+    assert s["within_requested_label"] and s["semantic_label"] == "classifier label"
+    p = r["proximity"]
+    assert all(0 <= v <= 1 for v in p["agreement"].values())
+    assert all(-1 <= v <= 1 for v in p["rank_correlation"].values())
+    requested = load_run(digits["kdm"]).labels(120, s["seed"]).numpy()
+    for a, b in r["interpolation"]["pairs"]:
+        assert a != b and requested[a] == requested[b]
+    assert r["outliers"]["space"] == "classifier features"
+    assert r["outliers"]["pairs"]["rows"] == 96 and r["outliers"]["pairs"]["k"] <= 3
+    assert [t["label"] for t in r["outliers"]["samples"]["top"]] == [
+        requested[t["index"]] for t in r["outliers"]["samples"]["top"]]
+    assert len(r["spectrum"]["leading"]) == 4 and r["spectrum"]["outside_unit_circle"] >= 0
+    assert set(r["plots"]) == {"neighbours", "interpolation", "spectrum", "eigen_directions",
+                               "outliers"}
+    assert all(Path(v).stat().st_size > 1000 for v in r["plots"].values())
+
+
 def test_image_bad_input(digits, tmp_path) -> None:
     gen = load_run(digits["kdm"])
     with pytest.raises(KDMError, match="class-conditional"):

@@ -46,6 +46,7 @@ STEPS = 9  # points per interpolation and per eigen-direction walk
 DIRECTIONS = 4  # leading eigen-directions shown
 TOP = 16  # outliers listed and shown
 SHOWN_NEIGHBOURS = 7  # neighbours per query in the neighbours picture
+BASES = 16  # samples the output change along each eigen-direction is averaged over
 Rows = tuple[np.ndarray, np.ndarray, np.ndarray]  # noise, outputs, outlier scores (N, ...)
 
 
@@ -225,7 +226,7 @@ def _directions(lat: _Latent, gen: StudentRun, z: np.ndarray, labels: torch.Tens
     y0 = None if labels is None else labels[:1].repeat(walk.shape[0] * STEPS)
     x = lat.decode(walk.reshape(-1, z.shape[1]), y0)
     # output change per latent std along v, over several starting samples
-    base = z[:64]
+    base = z[:BASES]
     y = None if labels is None else labels[:len(base)]
     change = []
     for m in range(V.shape[1]):
