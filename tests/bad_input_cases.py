@@ -723,6 +723,24 @@ CASES: list[Case] = [
     Case("damaged .npz as noise", _noise(lambda w: w.raw("n.npz", b"PK\x03\x04" + b"\0" * 40)),
          "cannot read"),
     # ---- end of sample, eval and outputs, round 2
+    # ---- kdm analyze
+    Case("analyze a run without checkpoints", lambda w: [
+        "analyze", w.run_copy(lambda r: shutil.rmtree(r / "checkpoints"))],
+        "has no checkpoint yet; train it first"),
+    Case("analyze a directory that is not a run", lambda w: ["analyze", w.dir],
+         "run metadata not found"),
+    Case("analyze a teacher run", lambda w: ["analyze", w.teacher, "--out", w.p("a")],
+         "is a teacher run without a Koopman latent"),
+    Case("analyze a kd student", lambda w: ["analyze", w.run_copy(lambda r: edit_json(
+        r / "config.json", lambda c: c["model"].update(method="kd"))), "--out", w.p("a")],
+        "is a 'kd' student run without a Koopman latent"),
+    Case("analyze --n too small for --k", lambda w: [
+        "analyze", w.run, "--n", "8", "--k", "10", "--out", w.p("a")],
+        "--n 8 is too small for --k 10 neighbours"),
+    Case("analyze --out holding an analysis", lambda w: [
+        "analyze", w.run, "--out", w.raw("analysis.json", b"{}").parent],
+        "already holds an analysis"),
+    # ---- end of kdm analyze
 ]
 
 
