@@ -265,6 +265,13 @@ def test_latent_pipeline_end_to_end(tmp_path, capsys):
                "--no-plots") == 0
     res = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert res["teacher"]["paired_mse"] == 0.0 and res["student"]["paired_mse"] > 0
+    from koopman_distill.analysis import analyze_run
+
+    an = analyze_run(run, tmp_path / "an", n=40, k=3, device="cpu", progress=False)
+    assert an["shape"] == [2, 4, 4] and an["outliers"]["space"] == "pixels"  # data unknown
+    assert an["outliers"]["pairs"]["rows"] == min(40, len(s)) and "agreement" not in an[
+        "proximity"]
+    assert {"interpolation", "eigen_directions", "outliers"} <= set(an["plots"])
     capsys.readouterr()
 
 
