@@ -145,3 +145,16 @@ def test_analyze_command_on_the_tiny_run(tiny, tmp_path, capsys):
     assert r["spectrum"]["d"] == 16 and len(r["spectrum"]["leading"]) == 4
     assert kdm("analyze", tiny["kdm"], "--out", out, "--n", 300) == 2  # without --force
     assert "already holds an analysis" in capsys.readouterr().err
+
+
+def test_eigen_directions_of_a_rotation_and_a_decay():
+    """K = 0.9 R(0.4) on (e1, e2) and 0.5 on e3: one of the conjugate pair 0.9 e^{±0.4i}
+    first, its direction in the plane it rotates, then 0.5 along e3."""
+    K = torch.zeros(3, 3, dtype=torch.float64)
+    c, s = np.cos(0.4), np.sin(0.4)
+    K[:2, :2] = 0.9 * torch.tensor([[c, -s], [s, c]])
+    K[2, 2] = 0.5
+    lam, V = latent.eigen_directions(K, 4)
+    np.testing.assert_allclose(lam, [0.9 * np.exp(0.4j), 0.5], atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(V, axis=0), 1.0)
+    assert abs(V[2, 0]) < 1e-12 and abs(abs(V[2, 1]) - 1) < 1e-12
