@@ -158,3 +158,19 @@ def test_eigen_directions_of_a_rotation_and_a_decay():
     np.testing.assert_allclose(lam, [0.9 * np.exp(0.4j), 0.5], atol=1e-12)
     np.testing.assert_allclose(np.linalg.norm(V, axis=0), 1.0)
     assert abs(V[2, 0]) < 1e-12 and abs(abs(V[2, 1]) - 1) < 1e-12
+
+
+def test_three_dimensional_pictures_are_projected(tmp_path):
+    """D > 2: paths and outliers on the first two principal axes; D = 1: no picture."""
+    from koopman_distill.domains import Vectors
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3)) * [5.0, 2.0, 0.1]
+    walk = np.linspace(x[:2], x[2:4], 5, axis=1)  # (2, 5, 3)
+    d = Vectors((3,))
+    assert d.sequences({"walk": walk}, tmp_path / "w.png", x, None).is_file()
+    scores = latent.knn_scores(x, 3)
+    assert d.outliers({"points": (x, x, scores)}, tmp_path / "o.png", None, 5).is_file()
+    one = Vectors((1,))
+    assert one.sequences({"walk": walk[..., :1]}, tmp_path / "w1.png", x[:, :1], None) is None
+    assert not (tmp_path / "w1.png").exists()
