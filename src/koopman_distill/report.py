@@ -185,7 +185,7 @@ def _analyses(root: Path) -> str:
     return "".join(parts)
 
 
-def _numbers(obj: Any, name: str, skip: tuple[str, ...]) -> str:
+def _numbers(obj: Any, name: str, skip: tuple[str, ...] = ()) -> str:
     """:func:`_json_tables` of a result, folded away under its name."""
     return (f"<details><summary>every number: {_esc(name)}</summary>"
             f"{_json_tables(obj, name, skip)}</details>")
@@ -288,7 +288,7 @@ def _markdown(text: str, name: str) -> str:
 # -- pictures ------------------------------------------------------------------------------------
 def _figure(data: bytes, caption: str, kind: str = "plot") -> str:
     uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return (f'<figure class="{kind}"><img src="{uri}" alt="{_esc(caption)}" data-file="{_esc(caption)}">'
+    return (f'<figure class="{kind}"><img src="{uri}" alt="{_esc(caption)}">'
             f"<figcaption>{_esc(caption)}</figcaption></figure>")
 
 
