@@ -723,6 +723,10 @@ CASES: list[Case] = [
     Case("damaged .npz as noise", _noise(lambda w: w.raw("n.npz", b"PK\x03\x04" + b"\0" * 40)),
          "cannot read"),
     # ---- end of sample, eval and outputs, round 2
+    Case("report of a directory that is no run, eval or bench", lambda w: ["report", w.pairs],
+         "is not a run, eval or bench directory"),
+    Case("report --out that is no .html", lambda w: ["report", w.run, "--out", w.p("r.txt")],
+         "--out <DIR>/r.txt must end in .html"),
 ]
 
 
