@@ -726,7 +726,7 @@ CASES: list[Case] = [
     Case("report of a directory that is no run, eval or bench", lambda w: ["report", w.pairs],
          "is not a run, eval or bench directory"),
     Case("report --out that is no .html", lambda w: ["report", w.run, "--out", w.p("r.txt")],
-         "--out <DIR>/r.txt must end in .html"),
+         "r.txt must end in .html"),
 ]
 
 
