@@ -741,6 +741,10 @@ CASES: list[Case] = [
         "analyze", w.run, "--out", w.raw("analysis.json", b"{}").parent],
         "already holds an analysis"),
     # ---- end of kdm analyze
+    Case("report of a directory that is no run, eval or bench", lambda w: ["report", w.pairs],
+         "is not a run, eval or bench directory"),
+    Case("report --out that is no .html", lambda w: ["report", w.run, "--out", w.p("r.txt")],
+         "r.txt must end in .html"),
 ]
 
 

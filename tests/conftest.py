@@ -47,10 +47,10 @@ def read_json(path: Path):
 
 def contents(root: Path) -> dict[str, object]:
     """Every file under ``root`` by relative path, comparable with ``==``: bytes;
-    ``log.jsonl`` rows without wall times."""
+    ``log.jsonl`` rows without wall times; not the record of the commands run."""
     out: dict[str, object] = {}
     for p in sorted(root.rglob("*")):
-        if p.is_dir():
+        if p.is_dir() or p.name == "commands.jsonl":
             continue
         rel = str(p.relative_to(root))
         if p.name == "log.jsonl":

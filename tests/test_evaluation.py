@@ -108,7 +108,8 @@ def test_five_dimensional_vectors_end_to_end(tmp_path):
     log = (tmp_path / "kdm" / "log.jsonl").read_text()
     assert "eval/pair_mse" in log and "inside" not in log
     files = sorted(p.name for p in (tmp_path / "kdm" / "eval").iterdir())
-    assert files == ["eval.json", "loss.png", "scatter.png", "spectrum.png"]  # a projection
+    assert files == ["commands.jsonl", "eval.json", "loss.png", "scatter.png",
+                     "spectrum.png"]  # a projection; the command line for `kdm report`
     assert kdm("sample", tmp_path / "kdm", "--n", 10, "--out", tmp_path / "s.npy",
                "--grid", tmp_path / "g.png") == 0
     assert np.load(tmp_path / "s.npy").shape == (10, 5)
@@ -138,7 +139,7 @@ def test_two_moons_get_generic_metrics_and_no_board(tmp_path, capsys):
                table, (tmp_path / "kdm" / "log.jsonl").read_text()]
     assert not any("inside" in text for text in outputs)
     files = sorted(p.name for p in (tmp_path / "kdm" / "eval").iterdir())
-    assert files == ["eval.json", "loss.png", "scatter.png", "spectrum.png"]
+    assert files == ["commands.jsonl", "eval.json", "loss.png", "scatter.png", "spectrum.png"]
 
 
 def test_imported_five_dimensional_trajectory_trains_and_evaluates(tmp_path):

@@ -39,6 +39,7 @@ from .teachers import (
     teacher_tensors,
 )
 from .training import Batches, Trainer
+from .training.board import Board
 from .training.checkpoint import latest_checkpoint, load_into, load_weights, step_of
 from .training.data import rank_batch_size
 from .training.distributed import init as init_distributed
@@ -159,7 +160,8 @@ def _fit_teacher(cfg: Config, meta: dict[str, Any], out: Path,
                    cfg.teacher_train.seed, rank(), world_size())
     trainer = Trainer(model, data, cfg.teacher_train, out,
                       device=resolve_device(cfg.teacher_train.device), name="teacher",
-                      resume_hint=f"kdm teacher train --resume {out}")
+                      resume_hint=f"kdm teacher train --resume {out}",
+                      board=Board(out) if cfg.teacher_train.tensorboard else None)
     return _fit(trainer, cfg, meta, out, resume)
 
 
@@ -340,8 +342,17 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
                 res.update(extras.training_metrics(ema(probe_noise).cpu().numpy()))
         return res
 
+    def preview(ema: torch.nn.Module, png: Path) -> Path:
+        """A picture of the EMA model's samples on the first (fixed) pairs' noise."""
+        with torch.no_grad():
+            ema.eval()
+            labels = probe["label"][:100] if meta["num_classes"] else None
+            x = ema(probe["noise"][:100], labels).float().cpu().numpy()
+        return domain_for(meta["shape"]).picture({f"EMA samples, step {trainer.step}": x}, png)
+
     trainer = Trainer(model, data, cfg.train, out, evaluate=evaluate, device=device,
-                      resume_hint=f"kdm train --resume {out}")
+                      resume_hint=f"kdm train --resume {out}",
+                      board=Board(out, preview) if cfg.train.tensorboard else None)
     return _fit(trainer, cfg, meta, out, resume)
 
 
@@ -349,7 +360,7 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
 # ones still to come, compute (``steps`` extends or shortens the run; a schedule that depends
 # on it is stretched, which is warned about).
 RESUMABLE = ("steps", "log_every", "eval_every", "ckpt_every", "keep_checkpoints",
-             "max_nonfinite", "progress", "device", "prefetch")
+             "max_nonfinite", "progress", "device", "prefetch", "tensorboard")
 
 
 def resume_run(run: str | Path, kind: str | None = None,

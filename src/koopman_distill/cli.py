@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -541,13 +542,56 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     print(f"analysis: {out / 'analysis.json'}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import report_kind, write_report
+
+    report_kind(args.path)  # a one-line error, before anything else, for another directory
+    out = Path(args.out) if args.out else Path(args.path) / "report.html"
+    _output_file(str(out), ".html", "--out", True, {})
+    print(f"report: {write_report(args.path, out)}")
+
+
+# -- the record of commands -------------------------------------------------------------------
+def _results_dir(args: argparse.Namespace) -> Path | None:
+    """The run, evaluation or bench directory the command wrote (None: it wrote none)."""
+    if args.command in ("train", "teacher") and (args.resume or args.out):
+        return Path(args.resume or args.out)
+    if args.command == "eval" and (args.out or args.run):
+        return Path(args.out) if args.out else Path(args.run) / "eval"
+    if args.command == "analyze":
+        return Path(args.out) if args.out else Path(args.run) / "analysis"
+    if args.command in ("bench", "demo"):
+        return Path(args.out)
+    return None
+
+
+def _record(args: argparse.Namespace | None, argv: list[str], status: str) -> None:
+    """Append the command line to ``commands.jsonl`` in the directory it wrote, for `kdm
+    report` (rank 0 only; a failed write is a warning, not a failure of the command)."""
+    from .report import COMMANDS
+
+    where = _results_dir(args) if args is not None else None
+    if where is None or not where.is_dir() or os.environ.get("RANK", "0") != "0":
+        return
+    row = {"argv": ["kdm", *argv], "cwd": os.getcwd(), "status": status,
+           "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+           "version": __version__}
+    try:
+        with open(where / COMMANDS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        print(f"kdm: warning: could not record the command in {where / COMMANDS}: "
+              f"{e.strerror or e}", file=sys.stderr)
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kdm", description="Koopman distillation: one-step generators from "
                 "diffusion and flow-matching teachers.", epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"kdm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                           metavar="{config,teacher,pairs,train,sample,eval,demo,bench,analyze}")
+                           metavar="{config,teacher,pairs,train,sample,eval,demo,bench,analyze,"
+                                   "report}")
 
     s = sub.add_parser("config", help="print the resolved config of a preset as JSON")
     _add_config_args(s)
@@ -673,6 +717,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     s.add_argument("--force", action="store_true", help="replace an earlier analysis in --out")
     s.set_defaults(fn=cmd_analyze)
+    s = sub.add_parser("report", help="one self-contained HTML page of a run, an evaluation "
+                       "or a bench: commands, results, curves, plots, config")
+    s.add_argument("path", help="a run, eval or bench directory")
+    s.add_argument("--out", help="the page (default PATH/report.html; replaced if it exists)")
+    s.set_defaults(fn=cmd_report)
     return p
 
 
@@ -745,12 +794,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``kdm``; every failure ends in one ``kdm: error:`` line and exit code 2 (a run
     stopped by a signal after its checkpoint: one line and 128 + the signal number)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     try:
-        _run(build_parser().parse_args(argv))
+        args = build_parser().parse_args(argv)
+        _run(args)
+        _record(args, argv, "done")
         sys.stdout.flush()  # a closed pipe shows here, inside the guard
     except KDMError as e:  # one line, even when the message quotes a multi-line input
         return _fail(str(e))
     except Stopped as e:
+        _record(args, argv, "stopped")
         return _fail(str(e), e.code)
     except KeyboardInterrupt:
         return _fail(f"interrupted; {_continue_hint(argv)}", 130)

@@ -240,6 +240,9 @@ class TrainConfig:
     deterministic: bool = False  # deterministic kernels only (GPU; CPU runs already are)
     # a run whose EMA weights start this one (fine-tuning); "" = fresh weights
     init: str = checked("", ANY)
+    # TensorBoard event files in RUN/tensorboard: the log rows and, at each evaluation
+    # (eval_every), a picture of the EMA model's samples (needs koopman-distill[tensorboard])
+    tensorboard: bool = False
 
 
 @dataclass

@@ -19,7 +19,8 @@ drawn from the ``rng`` argument is the same however the batch is split, so such 
 the single-process run with the same global batch up to floating-point rounding (dropout masks
 differ, and BatchNorm, as in the image critic, sees per-micro-batch statistics); a loss that
 draws from torch's global generator instead is stopped with an error
-(:class:`.rng.GlobalDrawCheck`). Only rank 0 logs, evaluates and saves.
+(:class:`.rng.GlobalDrawCheck`). Only rank 0 logs, evaluates and saves. An optional
+:class:`.board.Board` gets every log row and, at each evaluation, the EMA model (TensorBoard).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ..errors import KDMError, Stopped, first_line
 from ..io import atomic_write, remove_temp_files, write_failed
 from ..protocols import Objective
 from . import rng
+from .board import Board
 from .checkpoint import (
     discard_after,
     latest_checkpoint,
@@ -117,7 +119,7 @@ class Trainer:
     def __init__(self, model: nn.Module, data: Iterator[dict[str, torch.Tensor]],
                  cfg: TrainConfig, run_dir: str | Path, evaluate: Evaluate | None = None,
                  device: str | torch.device = "cpu", name: str = "train",
-                 resume_hint: str = ""):
+                 resume_hint: str = "", board: Board | None = None):
         lr_at(cfg, 0)  # validates the schedule name before any work
         if cfg.precision not in PRECISIONS:
             raise KDMError(f"unknown train.precision {cfg.precision!r}; choose fp32, bf16 or fp16")
@@ -157,6 +159,7 @@ class Trainer:
         self.log_path = self.run_dir / "log.jsonl"
         # the progress bar's label, and the command that continues the run after a stop
         self.name, self.resume_hint = name, resume_hint
+        self.board = board  # TensorBoard events of the log rows and evaluations, or None
         self._signal: int | None = None  # SIGTERM / SIGINT received: checkpoint and stop
 
     # -- state -------------------------------------------------------------------------------
@@ -287,6 +290,8 @@ class Trainer:
                 ckpt = latest_checkpoint(self.run_dir)
                 raise write_failed(self.log_path, e, f"the last checkpoint is "
                                    f"{ckpt.name if ckpt else 'none'}") from None
+            if self.board is not None:
+                self.board.row(row)
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -332,11 +337,15 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=self.cfg.steps, initial=self.step, dynamic_ncols=True, desc=self.name,
                    disable=not (self.cfg.progress and is_main()))
+        if self.board is not None and is_main():
+            self.board.open(self.step)
         try:
             with self._stop_on_signals():
                 return self._loop(bar)
         finally:
             bar.close()
+            if self.board is not None:
+                self.board.close()
             if isinstance(self.data, Prefetch):
                 self.data.close()
 
@@ -405,6 +414,8 @@ class Trainer:
                     and (self.step % cfg.eval_every == 0 or done)):
                 last_eval = self.evaluate(self.ema.model, self.step)
                 self._log({"step": self.step, **{f"eval/{k}": v for k, v in last_eval.items()}})
+                if self.board is not None:
+                    self.board.picture(self.ema.model, self.step)
                 self.model.train()
             stop = self._stop_requested()
             if is_main() and (self.step % cfg.ckpt_every == 0 or done or stop):
