@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny trained pipeline built once per session."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -18,8 +21,26 @@ def kdm(*args: str) -> int:
     return main([str(a) for a in args])
 
 
+class CLIResult(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def kdm_run(*args: object) -> CLIResult:
+    """Run the CLI in-process with its output captured (exit code, stdout, stderr): what
+    :func:`kdm_proc` checks, without the cost of a fresh process importing torch."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # --help, --version
+            code = e.code
+    return CLIResult(code, out.getvalue(), err.getvalue())
+
+
 def kdm_proc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the CLI in a subprocess (for exit codes, stderr and kills)."""
+    """Run the CLI in a fresh process (for the installed entry point, signals and kills)."""
     return subprocess.run([sys.executable, "-m", "koopman_distill.cli", *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=300)
 

@@ -5,8 +5,6 @@ files."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -25,11 +23,11 @@ from bad_input_cases import (
     run_case,
     snapshot,
 )
+from conftest import kdm_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from koopman_distill.cli import main
 from koopman_distill.config import Config, apply_overrides, preset
 from koopman_distill.data.arrays import load_points
 from koopman_distill.errors import KDMError
@@ -44,16 +42,6 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
 
 def one_line(e: KDMError) -> None:
     assert str(e) and "\n" not in str(e), str(e)
-
-
-def run_cli(*argv: object) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:  # --help
-            code = e.code
-    return code, err.getvalue()
 
 
 def assert_clean_exit(code: int, stderr: str) -> None:
@@ -165,7 +153,8 @@ TOKENS = st.sampled_from(["--preset", "checkerboard-tiny", "nope", "--set", "tra
 @FUZZ
 @given(argv=st.lists(TOKENS, max_size=6))
 def test_config_command_arguments_fail_cleanly(argv):
-    assert_clean_exit(*run_cli("config", *argv))
+    code, _, err = kdm_run("config", *argv)
+    assert_clean_exit(code, err)
 
 
 @settings(FUZZ, max_examples=25)
@@ -175,7 +164,7 @@ def test_config_command_arguments_fail_cleanly(argv):
 def test_sample_arguments_fail_cleanly(tiny, tmp_path, n, seed, extra):
     out = tmp_path / "s.npy"
     out.unlink(missing_ok=True)
-    code, err = run_cli("sample", tiny["kdm"], "--n", n, "--seed", seed, "--out", out, *extra)
+    code, _, err = kdm_run("sample", tiny["kdm"], "--n", n, "--seed", seed, "--out", out, *extra)
     assert_clean_exit(code, err)
     assert out.exists() == (code == 0)
 
@@ -210,7 +199,7 @@ def test_noise_files_sample_or_fail_cleanly(tiny, tmp_path, arr):
     noise, out = tmp_path / "noise.npy", tmp_path / "s.npy"
     out.unlink(missing_ok=True)
     np.save(noise, arr)
-    code, err = run_cli("sample", tiny["kdm"], "--noise", noise, "--out", out)
+    code, _, err = kdm_run("sample", tiny["kdm"], "--noise", noise, "--out", out)
     assert_clean_exit(code, err)
     assert out.exists() == (code == 0)
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import kdm, kdm_proc, read_json
+from conftest import kdm, kdm_proc, kdm_run, read_json
 
 from koopman_distill.api import load_run, load_teacher
 from koopman_distill.io import sha256_file
@@ -127,7 +127,7 @@ def test_pairs_noise_scale_widens_only_the_pairs_noise(tiny, tmp_path, capsys):
     assert res["student"]["train_pairs_noise_scale"] == 2.0
     assert load_run(tmp_path / "run").noise(20000).std().item() == pytest.approx(1.0, rel=0.03)
     # another noise scale is another store, never mixed into this one
-    one_line_error(kdm_proc("pairs", "--teacher", tiny["teacher"], "--out", out,
+    one_line_error(kdm_run("pairs", "--teacher", tiny["teacher"], "--out", out,
                             "--set", "pairs.noise_scale=3"), "other settings")
 
 
@@ -180,11 +180,12 @@ def test_resume_after_killed_train(tiny, tmp_path):
     proc.wait()
     killed_at = int((run / "checkpoints" / "latest").read_text().split("-")[1])
     assert 0 < killed_at < 3000
-    assert kdm("train", "--resume", run) == 0
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00003000"
+    end = killed_at + 40  # resumed to a nearer end: the same steps, fewer of them
+    assert kdm("train", "--resume", run, "--set", f"train.steps={end}") == 0
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{end:08d}"
     steps = [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
              if "loss" in r]
-    assert steps == list(range(5, 3001, 5))  # no gap, no duplicate after the resume
+    assert steps == list(range(5, end + 1, 5))  # no gap, no duplicate after the resume
 
 
 def test_train_init_starts_from_another_runs_ema(tiny, tmp_path):
@@ -201,9 +202,9 @@ def test_train_init_starts_from_another_runs_ema(tiny, tmp_path):
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert read_json(tmp_path / "ft" / "config.json")["train"]["init"] == str(tiny["kdm"])
 
-    one_line_error(kdm_proc(*args, "--out", tmp_path / "none", "--set",
+    one_line_error(kdm_run(*args, "--out", tmp_path / "none", "--set",
                             f"train.init={tmp_path / 'missing'}"), "holds no checkpoint")
-    one_line_error(kdm_proc(*args, "--out", tmp_path / "wide", "--set", "model.width=48",
+    one_line_error(kdm_run(*args, "--out", tmp_path / "wide", "--set", "model.width=48",
                             "--set", f"train.init={tiny['kdm']}"),
                    "does not match the model", "shape differs")
     assert not (tmp_path / "none").exists() and not (tmp_path / "wide").exists()
@@ -257,7 +258,7 @@ def test_bad_inputs_one_line_errors(tiny, tmp_path):
          ["nan.npy"], tmp_path / "p2"),
     ]
     for args, needles, must_not_exist in cases:
-        one_line_error(kdm_proc(*args), *needles)
+        one_line_error(kdm_run(*args), *needles)
         assert not must_not_exist.exists(), args
 
 
@@ -270,7 +271,7 @@ def test_newer_manifest_is_refused(tiny, tmp_path):
     m = read_json(store / "manifest.json")
     m["version"] = 99
     (store / "manifest.json").write_text(json.dumps(m))
-    one_line_error(kdm_proc("train", "--pairs", store, "--out", tmp_path / "r"),
+    one_line_error(kdm_run("train", "--pairs", store, "--out", tmp_path / "r"),
                    "newer", "upgrade")
     assert not (tmp_path / "r").exists()
 
@@ -289,7 +290,7 @@ def test_nan_pairs_are_refused_before_training(tiny, tmp_path):
     m = read_json(store / "manifest.json")
     m["shards"][0]["sha256"]["clean"] = sha256_file(shard)
     (store / "manifest.json").write_text(json.dumps(m))
-    proc = kdm_proc("train", "--pairs", store, "--out", tmp_path / "r")
+    proc = kdm_run("train", "--pairs", store, "--out", tmp_path / "r")
     one_line_error(proc, "has 1 non-finite values (NaN/inf) in clean shard 0 at example "
                    "indices [3]")
     assert "sha256" not in proc.stderr
@@ -297,7 +298,7 @@ def test_nan_pairs_are_refused_before_training(tiny, tmp_path):
 
 
 def test_existing_run_is_not_overwritten(tiny, tmp_path):
-    one_line_error(kdm_proc("train", "--preset", "checkerboard-tiny", "--pairs", tiny["pairs"],
+    one_line_error(kdm_run("train", "--preset", "checkerboard-tiny", "--pairs", tiny["pairs"],
                             "--out", tiny["kdm"]), "already holds a run", "--resume")
 
 
@@ -348,7 +349,7 @@ def test_demo_runs_reuses_stages_and_guards_settings(tmp_path, capsys):
     assert kdm(*args) == 0
     second = capsys.readouterr().out
     assert "[teacher] reusing" in second and "[kdm] reusing" in second
-    one_line_error(kdm_proc(*args, "--set", "teacher.width=48"), "other teacher settings")
+    one_line_error(kdm_run(*args, "--set", "teacher.width=48"), "other teacher settings")
 
 
 def test_version_matches_the_installed_package():
@@ -367,7 +368,7 @@ def test_pairs_make_and_its_short_form_make_the_same_store(tiny, tmp_path):
 
     assert kdm("pairs", "make", "--teacher", tiny["teacher"], "--out", tmp_path / "p") == 0
     assert contents(tmp_path / "p") == contents(tiny["pairs"])  # tiny's: `kdm pairs --teacher`
-    proc = kdm_proc("pairs", "--help")
+    proc = kdm_run("pairs", "--help")
     assert proc.returncode == 0
     listed = re.findall(r"^ {4}(\w+) {2,}\S", proc.stdout, re.M)
     assert listed == ["make", "import", "verify"], proc.stdout

@@ -6,8 +6,6 @@ changed; a value of another kind in a field the package reads always ends in exi
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -15,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from bad_input_cases import key_paths, mutate, snapshot
+from conftest import kdm_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from koopman_distill.cli import main
 from koopman_distill.training.checkpoint import latest_checkpoint
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
@@ -28,13 +26,6 @@ JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.integers(-2**70, 2**70) | st.floats()
     | st.text(max_size=4), lambda c: st.lists(c, max_size=3)
     | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=6)
-
-
-def run_cli(*argv: object) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main([str(a) for a in argv])
-    return code, err.getvalue()
 
 
 def outcome_is_clean(code: int, err: str, before: dict, root: Path) -> None:
@@ -99,7 +90,7 @@ def test_every_mutation_works_or_fails_in_one_line(fresh, target, data):
     write(path, mutate(read(path), key_path, op, data.draw(JSON)))
     w["out"].unlink(missing_ok=True)
     before = snapshot(w["root"])
-    code, err = run_cli(*command(w, w["out"]))
+    code, _, err = kdm_run(*command(w, w["out"]))
     outcome_is_clean(code, err, before, w["root"])
     assert w["out"].exists() == (code == 0 and target != "state.pt" and target != "manifest")
 
@@ -134,6 +125,6 @@ def test_a_value_of_another_kind_is_refused(fresh, target, data):
     doc[key] = value
     write(path, doc)
     before = snapshot(w["root"])
-    code, err = run_cli(*command(w, w["out"]))
+    code, _, err = kdm_run(*command(w, w["out"]))
     assert code == 2, (key, value, err)
     outcome_is_clean(code, err, before, w["root"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import kdm, kdm_proc, read_json
+from conftest import kdm, kdm_run, read_json
 
 from koopman_distill.api import load_run, load_teacher, train_kdm
 from koopman_distill.config import apply_overrides, preset
@@ -137,23 +137,23 @@ def test_image_bad_input(digits, tmp_path) -> None:
     with pytest.raises(KDMError, match=r"noise must have shape \(N, 1, 8, 8\)"):
         gen.map(np.zeros((2, 3, 8, 8)), np.zeros(2, dtype=np.int64))
     np.save(tmp_path / "bad.npy", np.zeros((4, 1, 16, 16), np.float32))
-    p = kdm_proc("sample", digits["kdm"], "--noise", tmp_path / "bad.npy", "--class", 1,
+    p = kdm_run("sample", digits["kdm"], "--noise", tmp_path / "bad.npy", "--class", 1,
                  "--out", tmp_path / "o.npy")
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert "must have shape (N, 1, 8, 8), got (4, 1, 16, 16)" in p.stderr
     assert not (tmp_path / "o.npy").exists()
     # images of the wrong range, and a conditional preset on unlabelled data
     np.save(tmp_path / "big.npy", np.full((10, 8, 8), 7.0, np.float32))
-    p = kdm_proc("teacher", "train", "--preset", "digits8", "--data", tmp_path / "big.npy",
+    p = kdm_run("teacher", "train", "--preset", "digits8", "--data", tmp_path / "big.npy",
                  "--out", tmp_path / "t")
     assert p.returncode == 2 and "accepted: integers 0..255" in p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "t").exists()
     np.save(tmp_path / "nolabels.npy", np.zeros((10, 8, 8), np.uint8))
-    p = kdm_proc("teacher", "train", "--preset", "digits8", "--data", tmp_path / "nolabels.npy",
+    p = kdm_run("teacher", "train", "--preset", "digits8", "--data", tmp_path / "nolabels.npy",
                  "--out", tmp_path / "t")
     assert p.returncode == 2 and "has no labels" in p.stderr and not (tmp_path / "t").exists()
-    p = kdm_proc("eval", digits["kdm"], "--set", "eval.extractor=inception", "--set",
+    p = kdm_run("eval", digits["kdm"], "--set", "eval.extractor=inception", "--set",
                  "eval.extractor_weights=/nonexistent/pt_inception.pth", "--out", tmp_path / "e")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "never downloaded" in p.stderr
     # pairs of an image teacher drawn wider: the same seeds, twice the noise

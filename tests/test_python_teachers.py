@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import assert_pairs_resume_bitwise, kdm, kdm_proc
+from conftest import assert_pairs_resume_bitwise, kdm, kdm_run
 
 from koopman_distill.config import PairsConfig
 from koopman_distill.errors import KDMError
@@ -179,8 +179,8 @@ def test_callable_errors_are_one_line(module, tmp_path, target, message):
 ])
 def test_a_failing_teacher_leaves_no_store(module, tmp_path, name, message):
     out = tmp_path / "new" / "store"
-    res = kdm_proc("pairs", "make", "--teacher", f"callable:{module}:{name}", "--out", out,
-                   "--n", "20", "--set", "pairs.shard_size=10")
+    res = kdm_run("pairs", "make", "--teacher", f"callable:{module}:{name}", "--out", out,
+                  "--n", "20", "--set", "pairs.shard_size=10")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("kdm: error: ")
     assert message in res.stderr and "Traceback" not in res.stderr

@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import ast
 import builtins
-import contextlib
 import errno
-import io
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import contents, kdm
+from conftest import contents, kdm, kdm_run
 from torch import nn
 
 import koopman_distill
 from koopman_distill import io as kio
-from koopman_distill.cli import main
 from koopman_distill.config import TrainConfig
 from koopman_distill.errors import KDMError
 from koopman_distill.io import sha256_file
@@ -67,13 +64,6 @@ class _Filling:
         self._f.close()
 
 
-def run_cli(*argv: object) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main([str(a) for a in argv])
-    return code, err.getvalue()
-
-
 def one_line_error(code: int, stderr: str, *needles: str) -> None:
     """Exit code 2 and one error line, the last one (progress bars may come before it)."""
     lines = stderr.strip().splitlines()
@@ -100,7 +90,7 @@ def test_full_disk_while_writing_pairs(tiny, tmp_path, monkeypatch, fail, listed
     disk = FullDisk(fail)
     for module in (kio, store_module):
         monkeypatch.setattr(module, "open", disk, raising=False)
-    code, err = run_cli(*argv, "--out", out)
+    code, _, err = kdm_run(*argv, "--out", out)
     one_line_error(code, err, f"cannot write {out / what}: No space left on device; "
                    "nothing was changed")
     monkeypatch.undo()
@@ -131,7 +121,7 @@ def test_full_disk_while_writing_a_checkpoint(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt_module.torch, "save", save)
     run = tmp_path / "run"
-    code, err = run_cli(*argv, "--out", run)
+    code, _, err = kdm_run(*argv, "--out", run)
     monkeypatch.undo()
     one_line_error(code, err, "cannot write", "step-00000020", "file write failed",
                    "the previous checkpoint step-00000010 is kept")
@@ -152,7 +142,7 @@ def test_full_disk_while_appending_to_the_log(tiny, tmp_path, monkeypatch):
     disk = FullDisk(4)  # log rows at steps 5, 10 (eval), 10, 15: the 4th is torn
     monkeypatch.setattr(trainer_module, "open", disk, raising=False)
     run = tmp_path / "run"
-    code, err = run_cli(*argv, "--out", run)
+    code, _, err = kdm_run(*argv, "--out", run)
     monkeypatch.undo()
     one_line_error(code, err, f"cannot write {run / 'log.jsonl'}: No space left on device",
                    "the last checkpoint is step-00000010")

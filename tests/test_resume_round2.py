@@ -6,8 +6,6 @@ turns OSError, MemoryError, a closed pipe and Ctrl-C into one line."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -19,19 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import contents, kdm
+from conftest import contents, kdm, kdm_run
 
 from koopman_distill import cli
 from koopman_distill.io import read_json
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def run_cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def proc(*argv: object, **kw) -> subprocess.Popen:
@@ -82,7 +73,7 @@ def test_resume_with_a_broken_pointer_keeps_every_checkpoint(ref30, tmp_path, po
     shutil.copytree(ref30, tmp_path / "other")  # what an escaping pointer would borrow
     kept = {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").glob("step-*/*")}
     POINTERS[pointer](run / "checkpoints" / "latest")
-    code, out, err = run_cli("train", "--resume", run)
+    code, out, err = kdm_run("train", "--resume", run)
     assert code == 0, err
     assert "using the newest complete checkpoint step-00000020" in err
     assert "step 30/30" in out
@@ -101,8 +92,8 @@ def test_sample_never_uses_another_runs_weights(ref30, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(ref30, run)
     (run / "checkpoints" / "latest").write_text(str(other / "checkpoints" / "step-00000030"))
-    assert run_cli("sample", ref30, "--n", 50, "--out", tmp_path / "a.npy")[0] == 0
-    code, _, err = run_cli("sample", run, "--n", 50, "--out", tmp_path / "b.npy")
+    assert kdm_run("sample", ref30, "--n", 50, "--out", tmp_path / "a.npy")[0] == 0
+    code, _, err = kdm_run("sample", run, "--n", 50, "--out", tmp_path / "b.npy")
     assert code == 0 and "is not a complete checkpoint of this run" in err
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
 
@@ -112,7 +103,7 @@ def test_an_incomplete_newer_checkpoint_is_left_alone(ref30, tmp_path):
     damaged = run / "checkpoints" / "step-00000030"
     damaged.mkdir()
     (damaged / "model.safetensors").write_bytes(b"part of a synced copy")
-    code, _, err = run_cli("train", "--resume", run)
+    code, _, err = kdm_run("train", "--resume", run)
     assert code == 0, err
     assert "step-00000030 is incomplete and left as it is; using step-00000020" in err
     aside = run / "checkpoints" / "step-00000030.incomplete"
@@ -162,7 +153,7 @@ def test_resume_extends_a_run_with_set_steps(tiny, ref30, tmp_path):
     run = tmp_path / "run"
     assert kdm("train", "--preset", "checkerboard-tiny", "--pairs", tiny["pairs"], "--out", run,
                "--set", "train.keep_checkpoints=3") == 0
-    code, out, _ = run_cli("train", "--resume", run, "--set", "train.steps=30")
+    code, out, _ = kdm_run("train", "--resume", run, "--set", "train.steps=30")
     assert code == 0 and "step 30/30" in out
     assert read_json(run / "config.json") == read_json(ref30 / "config.json")
     a, b = contents(run), contents(ref30)
@@ -174,7 +165,7 @@ def test_resume_of_a_finished_run_writes_nothing(tiny, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny["kdm"], run)
     before = contents(run)
-    code, out, err = run_cli("train", "--resume", run)
+    code, out, err = kdm_run("train", "--resume", run)
     assert (code, err) == (0, "") and "step 20/20" in out
     assert contents(run) == before
 
@@ -222,7 +213,7 @@ def test_system_errors_become_one_line(monkeypatch, exc, expect):
         raise exc
 
     monkeypatch.setattr(cli, "cmd_config", fail)
-    code, _, err = run_cli("config")
+    code, _, err = kdm_run("config")
     assert code == 2
     [line] = err.strip().splitlines()
     assert line.startswith(expect)
@@ -251,7 +242,7 @@ def test_interrupt_message_names_the_command_that_continues(monkeypatch, argv, h
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "_run", interrupted)
-    code, _, err = run_cli(*argv)
+    code, _, err = kdm_run(*argv)
     assert code == 130
     assert err == f"kdm: error: interrupted; {hint}\n"
 
@@ -270,10 +261,10 @@ def test_permission_problems_are_named(tiny, tmp_path, monkeypatch):
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(ckpt_module, "open", denied, raising=False)
-    code, _, err = run_cli("sample", tiny["kdm"], "--n", 3, "--out", tmp_path / "x.npy")
+    code, _, err = kdm_run("sample", tiny["kdm"], "--n", 3, "--out", tmp_path / "x.npy")
     assert code == 2 and "ema.safetensors: Permission denied" in err
     monkeypatch.setattr(kio, "open", denied, raising=False)
-    code, _, err = run_cli("sample", tiny["kdm"], "--n", 3, "--out", tmp_path / "x.npy")
+    code, _, err = kdm_run("sample", tiny["kdm"], "--n", 3, "--out", tmp_path / "x.npy")
     assert code == 2 and err.startswith("kdm: error: cannot read run metadata ")
     assert "run.json: Permission denied" in err
 
