@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import torch
 
 from koopman_distill.cli import main
 
-torch.set_num_threads(2)
+# pytest-xdist runs a worker per core: each computes with one thread, as 2 threads would
+# oversubscribe the cores the workers share
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def kdm(*args: str) -> int:
