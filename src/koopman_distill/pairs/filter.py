@@ -177,7 +177,8 @@ def _per_shard(parent: PairStore, what: str, progress: bool,
                fn: Callable[[dict[str, np.ndarray]], np.ndarray]) -> np.ndarray:
     """``fn`` of each shard's arrays (noise regenerated in seeded stores), concatenated."""
     size, parts = parent.manifest["shard_size"], []
-    for i in tqdm(range(parent.num_shards), desc=what, unit="shard", disable=not progress):
+    for i in tqdm(range(parent.num_shards), desc=what, unit="shard",
+                  disable=None if progress else True):  # None: only on a terminal
         start = i * size
         parts.append(fn(parent.load(np.arange(start, start + parent.manifest["shards"][i][
             "count"]))))
