@@ -51,7 +51,8 @@ def test_round_trip_on_the_tiny_store_keeps_pairs_bitwise_and_records_provenance
     for name in ("noise", "clean"):
         assert got[name].dtype == old[name].dtype and np.array_equal(got[name], old[name])
     m = new.manifest
-    assert m["shard_size"] == 200 and [s["count"] for s in m["shards"]] == [200, 200, len(kept) - 400]
+    assert m["shard_size"] == 200
+    assert [s["count"] for s in m["shards"]] == [200, 200, len(kept) - 400]
     for key in ("teacher", "sampler", "nfe", "sigma_max", "config", "shape"):
         assert m[key] == parent.manifest[key], key
     src = m["source"]

@@ -13,7 +13,9 @@ Criteria (any combination; a pair goes for the first of them that drops it, in t
   the ``drop_worst`` fraction highest.
 
 Distances are measured in the domain's feature space (:meth:`~..domains.Images.features`:
-the evaluation extractor's features for images, the vectors themselves for vectors).
+the evaluation extractor's features for images, the vectors themselves for vectors); the
+features of all pairs are held in memory, (N, F) float32, and the outlier score's neighbours
+are searched among at most :data:`OUTLIER_POOL` of them (exact below that).
 
 The new store holds the kept pairs in the parent's order, as stored (noise or per-pair seeds,
 clean x_0 and labels bit for bit), with the parent's teacher, sampler, NFE and config, so
@@ -42,6 +44,7 @@ from ..config import Config
 from ..domains import domain_for
 from ..errors import KDMError
 from ..io import sha256_file, write_json
+from ..resources import check_memory
 from .manifest import ARRAY_NAMES, IDENTITY_KEYS, MANIFEST_NAME, new_manifest, num_shards
 
 if TYPE_CHECKING:
@@ -174,14 +177,25 @@ class _Scores:
 
 
 def _per_shard(parent: PairStore, what: str, progress: bool,
-               fn: Callable[[dict[str, np.ndarray]], np.ndarray]) -> np.ndarray:
-    """``fn`` of each shard's arrays (noise regenerated in seeded stores), concatenated."""
+               fn: Callable[[dict[str, np.ndarray]], np.ndarray], noise: bool = False
+               ) -> np.ndarray:
+    """``fn`` of each shard's arrays, concatenated: the arrays as stored (clean as float32),
+    or with ``noise`` as :meth:`PairStore.load` gives them (x_T regenerated in seeded
+    stores)."""
     size, parts = parent.manifest["shard_size"], []
     for i in tqdm(range(parent.num_shards), desc=what, unit="shard",
                   disable=None if progress else True):  # None: only on a terminal
-        start = i * size
-        parts.append(fn(parent.load(np.arange(start, start + parent.manifest["shards"][i][
-            "count"]))))
+        if noise:
+            start = i * size
+            arrays = parent.load(np.arange(start, start + parent.manifest["shards"][i]["count"]))
+        else:
+            arrays = dict(parent.shard_arrays(i))
+        arrays["clean"] = np.asarray(arrays["clean"], np.float32)
+        parts.append(fn(arrays))
+        if i == 0:  # the results of all pairs are held at once: (N, F) from (n_0, F)
+            check_memory(parts[0].nbytes * len(parent) // max(1, len(parts[0])) * 2,
+                         f"{what} of {len(parent)} pairs", "filter a smaller store (nothing "
+                         "was written)")
     return np.concatenate(parts)
 
 
@@ -207,7 +221,7 @@ def _student_errors(parent: PairStore, run: str | os.PathLike, device: str,
         y = a["label"] if gen.num_classes else None
         return gen.domain.pair_errors(gen.map(a["noise"], y), a["clean"])
 
-    return _per_shard(parent, "student error", progress, errors), {
+    return _per_shard(parent, "student error", progress, errors, noise=True), {
         "run": str(Path(run).resolve()), "run_method": gen.method}
 
 
