@@ -190,7 +190,7 @@ def _per_shard(parent: PairStore, what: str, progress: bool,
             arrays = parent.load(np.arange(start, start + parent.manifest["shards"][i]["count"]))
         else:
             arrays = dict(parent.shard_arrays(i))
-        arrays["clean"] = np.asarray(arrays["clean"], np.float32)
+        arrays["clean"] = np.array(arrays["clean"], np.float32)  # a writable copy of one shard
         parts.append(fn(arrays))
         if i == 0:  # the results of all pairs are held at once: (N, F) from (n_0, F)
             check_memory(parts[0].nbytes * len(parent) // max(1, len(parts[0])) * 2,
