@@ -253,6 +253,22 @@ def _link(w: Workspace, name: str) -> Path:
     return w.p(f"link-{name}")
 
 
+def _small_store(w: Workspace, shape: tuple[int, ...] = (2,), classes: int = 0) -> Path:
+    """A hand-built store of 6 pairs of ``shape`` (labels 0..classes-1 when ``classes``)."""
+    from koopman_distill.pairs import write_arrays
+
+    x = np.arange(6 * int(np.prod(shape)), dtype=np.float32).reshape(6, *shape)
+    label = np.arange(6) % classes if classes else None
+    write_arrays(w.p("small"), x, x, label, shard_size=4, sigma_max=1.0,
+                 teacher={"kind": "external", "num_classes": classes}, sampler={},
+                 nfe=None, source={"kind": "test"})
+    return w.p("small")
+
+
+def _filter(store: Callable[[Workspace], Path], *extra: str) -> Callable[[Workspace], list]:
+    return lambda w: ["pairs", "filter", store(w), "--out", w.p("f"), *extra]
+
+
 def _mkdir(path: Path) -> Path:
     path.mkdir()
     return path
@@ -745,6 +761,35 @@ CASES: list[Case] = [
          "is not a run, eval or bench directory"),
     Case("report --out that is no .html", lambda w: ["report", w.run, "--out", w.p("r.txt")],
          "r.txt must end in .html"),
+
+    # pairs filter
+    Case("filter without a criterion", _filter(lambda w: w.pairs),
+         "give at least one criterion"),
+    Case("filter that keeps no pair", _filter(lambda w: w.pairs, "--max-outlier", "1e-9"),
+         "the filter would keep none of the 512 pairs"),
+    Case("filter by an unknown class", _filter(lambda w: _small_store(w, classes=3),
+                                                "--keep-class", "0,7"),
+         "unknown class '7'; this store's classes are 0..2"),
+    Case("filter by class of a store without labels", _filter(
+        lambda w: w.pairs, "--drop-class", "1"), "has no labels; --keep-class and"),
+    Case("filter into an existing --out", lambda w: [
+        "pairs", "filter", w.pairs, "--out", _mkdir(w.p("f")), "--drop-outliers", "0.1"],
+        "already exists; a filtered store is always new"),
+    Case("filter of a directory that is not a store", lambda w: [
+        "pairs", "filter", _mkdir(w.p("d")), "--out", w.p("f"), "--drop-outliers", "0.1"],
+        "is not a pair store (no manifest.json)"),
+    Case("filter --max-error without --run", _filter(lambda w: w.pairs, "--max-error", "1"),
+         "give --run RUN"),
+    Case("filter by the error of a run of another shape", lambda w: [
+        "pairs", "filter", _small_store(w, (3,)), "--out", w.p("f"), "--run", w.run,
+        "--drop-worst", "0.2"], "maps examples of shape (2,) but the pairs of"),
+    Case("filter --exclude-like of the wrong shape", lambda w: [
+        "pairs", "filter", w.pairs, "--out", w.p("f"), "--threshold", "0.1",
+        "--exclude-like", w.npy("ex.npy", np.zeros((4, 3), np.float32))],
+        "must have shape (N, 2), got (4, 3)"),
+    Case("filter --drop-outliers out of range", _filter(
+        lambda w: w.pairs, "--drop-outliers", "1.5"), "--drop-outliers must be a fraction"),
+    # ---- end of pairs filter
 ]
 
 

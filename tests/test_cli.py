@@ -371,4 +371,4 @@ def test_pairs_make_and_its_short_form_make_the_same_store(tiny, tmp_path):
     proc = kdm_run("pairs", "--help")
     assert proc.returncode == 0
     listed = re.findall(r"^ {4}(\w+) {2,}\S", proc.stdout, re.M)
-    assert listed == ["make", "import", "verify"], proc.stdout
+    assert listed == ["make", "import", "verify", "filter"], proc.stdout

@@ -305,6 +305,37 @@ def cmd_pairs_verify(args: argparse.Namespace) -> None:
           "headers and values checked)")
 
 
+def cmd_pairs_filter(args: argparse.Namespace) -> None:
+    from .io import read_json
+    from .pairs.filter import filter_pairs
+
+    def classes(text: str | None) -> list[str] | None:
+        return None if text is None else [c for c in text.split(",") if c.strip()]
+
+    _check_writable(Path(args.out).parent, "--out", args.out)
+    cfg = None
+    if args.set:  # eval.* of the store's recorded config: the image feature extractor
+        manifest = Path(args.store, "manifest.json")
+        record = read_json(manifest, "pair store manifest") if manifest.is_file() else None
+        record = record.get("config") if isinstance(record, dict) else None
+        cfg = Config.from_dict(record) if isinstance(record, dict) else Config()
+        check_overrides_act(cfg, args.set, ("eval",), "kdm pairs filter")
+        cfg = apply_overrides(cfg, args.set)
+    store = filter_pairs(
+        args.store, args.out, keep_classes=classes(args.keep_class),
+        drop_classes=classes(args.drop_class), drop_outliers=args.drop_outliers,
+        max_outlier=args.max_outlier, neighbours=args.neighbours, run=args.run,
+        max_error=args.max_error, drop_worst=args.drop_worst, exclude_like=args.exclude_like,
+        threshold=args.threshold, cfg=cfg, device=args.device)
+    src = store.manifest["source"]
+    dropped = ", ".join(f"{r} {c}" for r, c in src["dropped"].items()) or "none"
+    print(f"pair store: {args.out} (kept {src['kept']} of {src['parent']['count']} pairs; "
+          f"dropped: {dropped}; why each went: {Path(args.out) / src['dropped_file']})")
+    for name, q in src["scores"].items():
+        print(f"{name} score: min {q['min']:.4g}, median {q['median']:.4g}, 95% "
+              f"{q['p95']:.4g}, max {q['max']:.4g}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from . import api
 
@@ -611,12 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `kdm pairs make|import|verify`; `kdm pairs` with make's options and no subcommand is make
     s = sub.add_parser("pairs", help="pair stores: make (run a teacher on seeded noise), "
-                       "import (another tool's pairs), verify", epilog=EPILOG,
+                       "import (another tool's pairs), verify, filter", epilog=EPILOG,
                        description="`kdm pairs --teacher RUN --out STORE` is short for "
                        "`kdm pairs make --teacher RUN --out STORE`.")
     _add_make_args(s, required=False)
     s.set_defaults(fn=cmd_pairs_make)
-    psub = s.add_subparsers(parser_class=_Parser, metavar="{make,import,verify}")
+    psub = s.add_subparsers(parser_class=_Parser, metavar="{make,import,verify,filter}")
     m = psub.add_parser("make", help="run a teacher on seeded noise into a pair store "
                         "(resumable)", epilog=EPILOG)
     _add_make_args(m, required=True)
@@ -634,6 +665,39 @@ def build_parser() -> argparse.ArgumentParser:
                         "and NaN/inf")
     m.add_argument("store", help="pair store directory")
     m.set_defaults(fn=cmd_pairs_verify)
+    m = psub.add_parser("filter", help="a new pair store of the pairs that pass a filter: by "
+                        "class, outlier score, a student's error, likeness to examples to keep "
+                        "out", description="Distances are measured between clean x_0: in the "
+                        "eval extractor's features for images, as they are for vectors. A pair "
+                        "goes for the first criterion that drops it; OUT/dropped.json says "
+                        "which, for each.")
+    m.add_argument("store", help="pair store directory")
+    m.add_argument("--out", required=True, help="new pair store directory (must not exist)")
+    m.add_argument("--keep-class", metavar="CLASSES", help="keep only these classes: ids or "
+                   "the dataset's class names, comma-separated, e.g. 3,5 or Sandal,Bag")
+    m.add_argument("--drop-class", metavar="CLASSES", help="drop these classes")
+    m.add_argument("--drop-outliers", type=float, metavar="FRACTION", help="drop this "
+                   "fraction of pairs with the highest outlier score (the mean distance of "
+                   "x_0 to its --neighbours nearest others)")
+    m.add_argument("--max-outlier", type=float, metavar="SCORE", help="drop pairs whose "
+                   "outlier score is above SCORE")
+    m.add_argument("--neighbours", type=int, default=5, help="neighbours of the outlier "
+                   "score (default 5)")
+    m.add_argument("--run", help="a student run: its error on each pair, for --max-error "
+                   "and --drop-worst")
+    m.add_argument("--max-error", type=float, metavar="X", help="drop pairs on which --run "
+                   "errs more than X (squared error per sample for vectors, MSE per image)")
+    m.add_argument("--drop-worst", type=float, metavar="FRACTION", help="drop this fraction "
+                   "of pairs on which --run errs most")
+    m.add_argument("--exclude-like", metavar="FILE", help="examples to keep out: a .npy "
+                   "(N, *shape), or a folder of PNGs for images")
+    m.add_argument("--threshold", type=float, metavar="T", help="with --exclude-like: drop "
+                   "pairs nearer than T to one of its examples")
+    m.add_argument("--device", default="cpu", help="where the student and the extractor run "
+                   "(cpu, cuda or auto)")
+    m.add_argument("--set", action="append", metavar="KEY=VALUE", help="an eval setting of "
+                   "the image feature extractor, e.g. eval.extractor=effnet")
+    m.set_defaults(fn=cmd_pairs_filter)
 
     s = sub.add_parser("train", help="distill a pair store into a one-step KDM", epilog=EPILOG)
     s.add_argument("--pairs", help="pair store directory")

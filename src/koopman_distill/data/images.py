@@ -40,6 +40,9 @@ from ..resources import check_memory
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SOURCE_FORMS = ("digits", "fashion-mnist", "fashion-mnist:DIR", "mnist:DIR", "PATH.npy",
                 "PATH.npz")
+# The class names of the datasets that have them, by class id
+CLASS_NAMES = {"fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")}
 IMAGE_KEYS = ("images", "x", "arr_0")
 LABEL_KEYS = ("labels", "y", "label")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights for RGB -> grey
@@ -131,6 +134,39 @@ def image_data(cfg: Config, split: str = "train") -> ImageData:
         data.images = data.images[keep]
         data.labels = None if data.labels is None else data.labels[keep]
     return data
+
+
+def class_names(source: str) -> tuple[str, ...] | None:
+    """The class names of the image source ``source`` by class id, or None where it has none
+    known (digits are named by their ids)."""
+    try:
+        kind, _ = _parse_source(source)
+    except KDMError:  # not an image source
+        return None
+    return CLASS_NAMES.get(kind)
+
+
+def read_png_folder(directory: str | Path, channels: int, resolution: int) -> np.ndarray:
+    """The ``.png`` files of ``directory`` (sorted by name) as float32 ``(N, channels, R, R)``
+    in [-1, 1]: grey or RGB (an alpha channel is dropped), converted to ``channels`` and
+    brought to side ``resolution`` as :func:`to_resolution` does."""
+    import matplotlib.image
+
+    files = sorted(Path(directory).glob("*.png"))
+    if not files:
+        raise KDMError(f"{directory} holds no .png files; give a folder of PNG images or a "
+                       ".npy (N, C, H, W)")
+    out = []
+    for f in files:
+        try:
+            img = np.asarray(matplotlib.image.imread(f), dtype=np.float32)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise KDMError(f"cannot read {f} as a PNG image ({first_line(e)})") from None
+        # imread gives [0, 1]: (H, W) grey, (H, W, 2) grey + alpha, (H, W, 3 or 4) RGB(A)
+        img = img[..., None] if img.ndim == 2 else img[..., :1 if img.shape[-1] == 2 else 3]
+        x = to_channels(np.moveaxis(img, -1, 0)[None] * 2 - 1, channels)
+        out.append(to_resolution(x, resolution)[0])
+    return np.stack(out).astype(np.float32)
 
 
 def _parse_source(source: str) -> tuple[str, str | None]:

@@ -9,7 +9,7 @@ imports it when called.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,7 +157,6 @@ class Images:
         import numpy as np
 
         from ..evaluation.core import Scorer
-        from ..metrics.extractors import build_extractor
         from ..metrics.images import (
             extract_features,
             feature_stats,
@@ -167,16 +166,10 @@ class Images:
 
         e = cfg.eval
         known = reference.data_name is not None  # the teacher's real data, with its labels
-        if e.extractor == "classifier" and not known:
-            raise KDMError("eval.extractor=classifier is trained on the teacher's data, which "
-                           "this run does not record (a teacher not trained here): use "
-                           "--set eval.extractor=effnet or inception")
         clf = (classifier_for(cfg, progress=cfg.train.progress)
-               if e.extractor == "classifier" or (labels is not None and known) else None)
-        extractor = clf if e.extractor == "classifier" else build_extractor(
-            e.extractor, e.extractor_weights or None,
-            **({"resolution": e.effnet_resolution} if e.extractor == "effnet" else {}))
-        extractor = extractor.to(device)
+               if labels is not None and known else None)
+        extractor = (clf if e.extractor == "classifier" and clf is not None
+                     else extractor_for(cfg, known)).to(device)
         ref_feats = extract_features(extractor, reference.values, batch_size=e.batch_size)
         mu_r, sigma_r = feature_stats(ref_feats)
 
@@ -202,6 +195,35 @@ class Images:
         import numpy as np
 
         return {"paired_mse": float(np.mean((samples - target) ** 2))}
+
+    def pair_errors(self, samples: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Per-pair error (N,) float64 in the units of :meth:`paired`: each image's MSE."""
+        import numpy as np
+
+        d = np.asarray(samples, np.float64) - np.asarray(target, np.float64)
+        return np.square(d).reshape(len(d), -1).mean(axis=1)
+
+    def features(self, cfg: Config, data_known: bool, device: torch.device
+                 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+        """The space nearest-neighbour distances between images are measured in: images
+        (N, C, H, W) -> ``eval.extractor`` features (N, F) float32 (the classifier needs the
+        teacher's data, ``data_known``); and the extractor's settings."""
+        from ..metrics.images import extract_features
+
+        extractor = extractor_for(cfg, data_known).to(device)
+        return (lambda x: extract_features(extractor, x, batch_size=cfg.eval.batch_size),
+                {"space": f"{extractor.name} features", **extractor.settings})
+
+    def read_examples(self, path: Path) -> np.ndarray:
+        """Examples a user names, e.g. images to keep out of a store: a ``.npy`` (N, C, H, W)
+        in [-1, 1], or a directory of PNGs brought to this domain's channels and side;
+        float32 (N, C, H, W)."""
+        from ..data.arrays import load_array
+        from ..data.images import read_png_folder
+
+        if Path(path).is_dir():
+            return read_png_folder(path, self.shape[0], self._side())
+        return load_array(path, shape=self.shape, what="examples")
 
     def quality_check(self, kdm: Mapping[str, Any], kd: Mapping[str, Any]) -> dict[str, Any]:
         """Bench: KDM's Fréchet distance at most 0.6 of KD's (one-step rows)."""
@@ -288,6 +310,23 @@ def classifier_for(cfg: Config, progress: bool = True) -> Any:
                        "has no labels: use eval.extractor=effnet or inception")
     return load_or_train_classifier(cache_dir(), data.images, data.labels, data.num_classes,
                                     progress=progress, steps=cfg.eval.classifier_steps)
+
+
+def extractor_for(cfg: Config, data_known: bool) -> Any:
+    """The frozen ``eval.extractor`` (on the CPU): the classifier trained on the teacher's
+    data (``data_known``), EfficientNet-Lite0 or the FID Inception."""
+    from ..metrics.extractors import build_extractor
+
+    e = cfg.eval
+    if e.extractor == "classifier":
+        if not data_known:
+            raise KDMError("eval.extractor=classifier is trained on the teacher's data, which "
+                           "this run does not record (a teacher not trained here): use "
+                           "--set eval.extractor=effnet or inception")
+        return classifier_for(cfg, progress=cfg.train.progress)
+    return build_extractor(e.extractor, e.extractor_weights or None,
+                           **({"resolution": e.effnet_resolution} if e.extractor == "effnet"
+                              else {}))
 
 
 def reference_images(cfg: Config, n: int) -> tuple[np.ndarray, str]:

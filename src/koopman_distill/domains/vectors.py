@@ -9,7 +9,7 @@ Importing this module does not import torch (the CLI's up-front checks read ``bl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,6 +170,32 @@ class Vectors:
         from ..metrics.vectors import paired_error
 
         return {f"paired_{k}": v for k, v in paired_error(samples, target).items()}
+
+    def pair_errors(self, samples: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Per-pair error (N,) float64 in the units of :meth:`paired`'s
+        ``sq_error_per_sample``: each point's squared distance to its target."""
+        import numpy as np
+
+        d = np.asarray(samples, np.float64) - np.asarray(target, np.float64)
+        return np.square(d).sum(axis=1)
+
+    def features(self, cfg: Config, data_known: bool, device: torch.device
+                 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+        """The space nearest-neighbour distances between points are measured in: the points
+        (N, D) themselves, as float32."""
+        import numpy as np
+
+        return (lambda x: np.asarray(x, np.float32)), {"space": "the vectors themselves"}
+
+    def read_examples(self, path: Path) -> np.ndarray:
+        """Examples a user names, e.g. points to keep out of a store: a ``.npy`` (N, D);
+        float32."""
+        from ..data.arrays import load_array
+
+        if Path(path).is_dir():
+            raise KDMError(f"{path} is a directory; give the {self.shape[0]}-D examples as one "
+                           f".npy of shape (N, {self.shape[0]})")
+        return load_array(path, shape=self.shape, what="examples")
 
     def quality_check(self, kdm: Mapping[str, Any], kd: Mapping[str, Any]) -> dict[str, Any]:
         """Bench: KDM's sliced W1 at most KD's (one-step rows)."""

@@ -186,6 +186,8 @@ def _check_descriptions(m: dict, bad: Callable[[str], KDMError]) -> None:
         raise bad(f"config {m['config']!r} is not an object or null")
     teacher, sampler = m["teacher"], m["sampler"]
     _check_teacher(teacher, bad)
+    if m["source"].get("kind") == "filtered":
+        _check_filtered(m["source"], m["count"], bad)
     if not isinstance(sampler.get("method", ""), str):
         raise bad(f"sampler method {sampler['method']!r} is not a string")
     if not (_is_int(sampler.get("steps", 1)) and sampler.get("steps", 1) > 0):
@@ -219,6 +221,26 @@ def _check_teacher(teacher: dict, bad: Callable[[str], KDMError]) -> None:
         raise bad(f"teacher spec {spec!r} is not an object with a kind")
     if "kind" in teacher and spec["kind"] != teacher["kind"]:
         raise bad(f"teacher spec kind {spec['kind']!r} is not the teacher's {teacher['kind']!r}")
+
+
+def _check_filtered(source: dict, count: int, bad: Callable[[str], KDMError]) -> None:
+    """The source of a filtered store of ``count`` pairs (:func:`.filter.filter_pairs`): its
+    parent (path, manifest sha256, count), the filter settings and the kept and dropped
+    counts."""
+    parent = source.get("parent")
+    if not (isinstance(parent, dict) and isinstance(parent.get("path"), str)
+            and isinstance(parent.get("manifest_sha256"), str)
+            and _SHA256_RE.fullmatch(parent["manifest_sha256"])
+            and _is_int(parent.get("count")) and parent["count"] > 0):
+        raise bad("filtered source: its parent is not an object with a path, a "
+                  "manifest_sha256 and a count")
+    dropped = source.get("dropped")
+    if not (isinstance(source.get("filter"), dict) and source.get("kept") == count
+            and isinstance(dropped, dict)
+            and all(_is_int(v) and v >= 0 for v in dropped.values())
+            and source["kept"] + sum(dropped.values()) == parent["count"]):
+        raise bad("filtered source: its kept and dropped counts do not add up to the store's "
+                  "and its parent's")
 
 
 def _check_shard(s: dict, count: int, size: int, dtypes: dict,
