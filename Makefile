@@ -7,7 +7,7 @@ $(BIN)/kdm: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0  # CPU build first, so nothing pulls a CUDA build
-	$(BIN)/pip install -q -e '.[test,diffusers,tensorboard]'
+	$(BIN)/pip install -q -e '.[test,diffusers,tensorboard,onnx]'
 	touch $@
 
 .PHONY: setup demo test lint clean

@@ -762,6 +762,20 @@ CASES: list[Case] = [
     Case("report --out that is no .html", lambda w: ["report", w.run, "--out", w.p("r.txt")],
          "r.txt must end in .html"),
 
+    # kdm export
+    Case("export a run without checkpoints", lambda w: [
+        "export", w.run_copy(lambda r: shutil.rmtree(r / "checkpoints")), "--out", w.p("e")],
+        "has no checkpoint yet; train it first"),
+    Case("export into a directory that exists", lambda w: [
+        "export", w.run, "--out", _mkdir(w.p("e"))], "already exists; add --force"),
+    Case("export a teacher run", lambda w: ["export", w.teacher, "--out", w.p("e")],
+         "is a 'teacher' run; kdm export ships a distilled KDM run"),
+    Case("export a kd baseline", lambda w: ["export", w.run_copy(lambda r: edit_json(
+        r / "config.json", lambda c: c["model"].update(method="kd"))), "--out", w.p("e")],
+        "is a kd baseline; kdm export ships KDM runs"),
+    Case("export over a file", lambda w: [
+        "export", w.run, "--out", w.raw("e", b"x"), "--force"], "is a file; give a directory"),
+
     # pairs filter
     Case("filter without a criterion", _filter(lambda w: w.pairs),
          "give at least one criterion"),

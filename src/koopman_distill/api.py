@@ -30,6 +30,7 @@ from .pairs import PairStore, write_pairs
 from .pairs.store import draw_noise
 from .protocols import Decoder, Sampler, Teacher
 from .runs import RUN_FORMAT, read_run
+from .seeded import block_spans, fill_noise, seeded_labels
 from .students import build_student, sampling_path_params, student_label, student_nfe
 from .teachers import (
     build_teacher,
@@ -550,28 +551,19 @@ class StudentRun:
     def spans(self, n: int, chunk: int | None = None) -> list[tuple[int, int]]:
         """Row ranges [start, stop) of ``n`` examples in chunks of ``chunk`` rows, a multiple
         of :attr:`block` (None: one chunk); a tail too short to draw alone joins the chunk
-        before it (see :func:`_block_spans`)."""
+        before it (see :func:`~.seeded.block_spans`)."""
         if chunk is not None and (chunk < 1 or chunk % self.block):
             raise ValueError(f"chunk must be a positive multiple of {self.block}, got {chunk}")
-        return _block_spans(n, chunk or max(n, 1), math.prod(self.shape))
-
-    def _noise_into(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Fill ``x`` (rows, *shape) with the next noise of ``g``, one block per draw."""
-        for i, j in _block_spans(len(x), self.block, math.prod(self.shape)):
-            torch.randn(j - i, *self.shape, generator=g, out=x[i:j])
-        return x.mul_(self.sigma_max)
+        return block_spans(n, chunk or max(n, 1), math.prod(self.shape))
 
     def noise(self, n: int, seed: int = 0) -> torch.Tensor:
         """Seeded ``x_T ~ N(0, sigma_max^2 I)``, (n, *shape)."""
-        return self._noise_into(torch.empty(n, *self.shape),
-                                torch.Generator().manual_seed(seed))
+        return fill_noise(torch.empty(n, *self.shape), torch.Generator().manual_seed(seed),
+                          self.block, self.sigma_max)
 
     def labels(self, n: int, seed: int = 0) -> torch.Tensor | None:
         """Uniform class ids (n,) from ``seed`` for a conditional model, else None."""
-        if not self.num_classes:
-            return None
-        g = torch.Generator().manual_seed(seed + 1)
-        return torch.randint(0, self.num_classes, (n,), generator=g)
+        return seeded_labels(n, self.num_classes, seed) if self.num_classes else None
 
     @torch.no_grad()
     def map(self, noise: torch.Tensor | np.ndarray, labels: Any = None,
@@ -605,7 +597,7 @@ class StudentRun:
         y = check_labels(self.labels(n, seed) if labels is None else labels, n, self.num_classes)
         g = torch.Generator().manual_seed(seed)
         for i, j in self.spans(n, chunk):
-            x = self._noise_into(torch.empty(j - i, *self.shape), g)
+            x = fill_noise(torch.empty(j - i, *self.shape), g, self.block, self.sigma_max)
             yield self.map(x, None if y is None else y[i:j])
 
     def map_chunks(self, noise: torch.Tensor | np.ndarray, labels: Any = None,
@@ -618,16 +610,6 @@ class StudentRun:
         y = check_labels(labels, len(noise), self.num_classes)
         for i, j in self.spans(len(noise), chunk):
             yield self.map(noise[i:j], None if y is None else y[i:j])
-
-
-def _block_spans(n: int, block: int, numel: int) -> list[tuple[int, int]]:
-    """[start, stop) of ``n`` rows in blocks of ``block`` rows, a last block of fewer than 16
-    numbers (``numel`` per row) joined to the one before: torch draws normal numbers 16 at a
-    time, so these blocks, drawn in turn from one generator, give the numbers of one draw."""
-    stops = [*range(block, n, block), n]
-    if len(stops) > 1 and (stops[-1] - stops[-2]) * numel < 16:
-        del stops[-2]
-    return list(zip([0, *stops[:-1]], stops, strict=True))
 
 
 def load_run(run: str | Path, ema: bool = True, device: str = "cpu",

@@ -582,6 +582,19 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {write_report(args.path, out)}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export.bundle import check_export
+
+    check_export(args.run, args.out, args.format == "onnx", args.force)
+    _check_writable(Path(args.out).parent, "--out", args.out)
+    from .export import describe, export_run
+
+    config = export_run(args.run, args.out, onnx=args.format == "onnx", force=args.force)
+    print(f"exported {args.run} to {args.out}: {describe(config)}")
+    print(f"load it with torch and safetensors alone: python {Path(args.out, 'kdm_generator.py')}"
+          " --n 16 --out samples.safetensors")
+
+
 # -- the record of commands -------------------------------------------------------------------
 def _results_dir(args: argparse.Namespace) -> Path | None:
     """The run, evaluation or bench directory the command wrote (None: it wrote none)."""
@@ -622,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"kdm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
                            metavar="{config,teacher,pairs,train,sample,eval,demo,bench,analyze,"
-                                   "report}")
+                                   "report,export}")
 
     s = sub.add_parser("config", help="print the resolved config of a preset as JSON")
     _add_config_args(s)
@@ -786,6 +799,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", help="a run, eval or bench directory")
     s.add_argument("--out", help="the page (default PATH/report.html; replaced if it exists)")
     s.set_defaults(fn=cmd_report)
+    s = sub.add_parser("export", help="ship a KDM run's one-step generator: safetensors, "
+                       "config and a loader needing only torch (and an ONNX graph)")
+    s.add_argument("run", help="KDM run directory")
+    s.add_argument("--out", required=True, help="new export directory")
+    s.add_argument("--format", choices=("torch", "onnx"), default="torch", help="torch "
+                   "(default): model.safetensors, config.json, kdm_generator.py; onnx: also "
+                   "model.onnx (needs the [onnx] extra)")
+    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.set_defaults(fn=cmd_export)
     return p
 
 

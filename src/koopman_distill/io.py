@@ -1,10 +1,13 @@
-"""Atomic file writes: write to a temporary file in the same directory, then rename."""
+"""Atomic writes: write a file (or fill a directory) under a temporary name beside it, then
+rename."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +46,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if isinstance(e, OSError):
             raise write_failed(path, e, "nothing was changed") from None
         raise
+
+
+def atomic_directory(path: str | os.PathLike, fill: Callable[[Path], None],
+                     replace: bool = False) -> None:
+    """Call ``fill(tmp_dir)`` on a new directory beside ``path`` and rename it onto ``path``
+    (an existing ``path`` is replaced only when ``replace``); on any failure or interrupt
+    nothing changes: no temporary directory, no new parent directory, the old ``path`` kept."""
+    path = Path(path)
+    made = [d for d in [path.parent, *path.parent.parents] if not d.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise write_failed(path, e, "nothing was changed") from None
+    old = tmp.with_name(tmp.name[:-4] + ".old")
+    try:
+        fill(tmp)
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
+        if path.exists() and replace:
+            os.replace(path, old)
+        os.rename(tmp, path)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists():
+            os.replace(old, path)
+        for d in made:  # deepest first; only what this call made, and only if empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(e, OSError):
+            raise write_failed(path, e, "nothing was changed") from None
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def chmod_default(path: str | os.PathLike) -> None:

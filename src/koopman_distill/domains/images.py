@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..config import Config, EvalConfig, ModelConfig
     from ..evaluation.core import Reference, Scorer, Shown
     from ..evaluation.extras import DatasetExtras
-    from ..models.unet import UNet
+    from ..models.spec import Spec
     from ..protocols import Sampler
     from .common import Distance
 
@@ -52,42 +52,48 @@ class Images:
             raise KDMError(f"the image networks need square images, got shape {self.shape}")
         return H
 
-    def _unet(self, cls: type[UNet], cfg: ModelConfig, c_in: int, c_out: int, channels: int,
-              num_classes: int) -> UNet:
+    def _unet(self, cls: str, cfg: ModelConfig, c_in: int, c_out: int, channels: int,
+              num_classes: int) -> Spec:
+        """The spec of a UNet (class ``cls``) of ``cfg.unet``'s layout."""
+        from ..models.spec import spec
+
         u = cfg.unet
-        return cls(self._side(), c_in, c_out, channels, tuple(u.channel_mult), u.num_blocks,
-                   tuple(u.attn_resolutions), u.dropout, num_classes)
+        return spec(cls, resolution=self._side(), in_channels=c_in, out_channels=c_out,
+                    channels=channels, channel_mult=list(u.channel_mult),
+                    num_blocks=u.num_blocks, attn_resolutions=list(u.attn_resolutions),
+                    dropout=u.dropout, label_dim=num_classes)
 
     def kdm_networks(self, cfg: ModelConfig, num_classes: int
-                     ) -> tuple[nn.Module, nn.Module, nn.Module, int]:
-        """KDM's UNets E_T, E_0: (B, C, R, R) -> (B, d) and D: (B, d) -> (B, C, R, R), with
-        a ``latent_channels`` x R x R latent map, flattened (``d = latent_channels R^2``) or
-        linearly projected to ``d = cfg.projection``; and d."""
-        from ..models.unet import FlatDecoder, FlatEncoder, ProjectedDecoder, ProjectedEncoder, UNet
+                     ) -> tuple[Spec, Spec, Spec, int]:
+        """The specs of KDM's UNets E_T, E_0: (B, C, R, R) -> (B, d) and D: (B, d) -> (B, C,
+        R, R), with a ``latent_channels`` x R x R latent map, flattened (``d = latent_channels
+        R^2``) or linearly projected to ``d = cfg.projection``; and d."""
+        from ..models.spec import spec
 
         C, R, Lc, c = self.shape[0], self._side(), cfg.latent_channels, cfg.unet.channels
-        enc, dec = (UNet, UNet) if cfg.projection else (FlatEncoder, FlatDecoder)
-        E_T = self._unet(enc, cfg, C, Lc, c, num_classes)
-        E_0 = self._unet(enc, cfg, C, Lc, c, num_classes)
+        enc, dec = ("UNet", "UNet") if cfg.projection else ("FlatEncoder", "FlatDecoder")
+        E_T, E_0 = (self._unet(enc, cfg, C, Lc, c, num_classes) for _ in range(2))
         D = self._unet(dec, cfg, Lc, C, c, num_classes)
         if not cfg.projection:
             return E_T, E_0, D, Lc * R * R
         d = cfg.projection  # the reference's FFHQ/AFHQ: dense maps between flat maps and d
-        return ProjectedEncoder(E_T, d), ProjectedEncoder(E_0, d), ProjectedDecoder(D, d), d
+        return (spec("ProjectedEncoder", unet=E_T, proj_dim=d),
+                spec("ProjectedEncoder", unet=E_0, proj_dim=d),
+                spec("ProjectedDecoder", unet=D, proj_dim=d), d)
 
     def student_network(self, cfg: ModelConfig, num_classes: int, target_params: int,
                         time_input: bool) -> nn.Module:
         """A baseline's UNet (B, C, R, R) -> (B, C, R, R) taking t in [0, 1] (always; a
         network without ``time_input`` is called with t = 0), with the width (a multiple of
         4) whose parameter count is nearest ``target_params``."""
-        from ..models.unet import TimeScaledUNet
+        from ..models.spec import build
         from .common import nearest_size
 
         C = self.shape[0]
         width = nearest_size(
-            lambda w: self._unet(TimeScaledUNet, cfg, C, C, w, num_classes), target_params,
-            range(4, 4 * cfg.unet.channels + 1, 4))
-        return self._unet(TimeScaledUNet, cfg, C, C, width, num_classes)
+            lambda w: build(self._unet("TimeScaledUNet", cfg, C, C, w, num_classes)),
+            target_params, range(4, 4 * cfg.unet.channels + 1, 4))
+        return build(self._unet("TimeScaledUNet", cfg, C, C, width, num_classes))
 
     def distance(self, cfg: ModelConfig) -> Distance:
         """``cfg.distance`` between image batches (B, C, R, R) as a scalar: l2, pseudo-Huber,

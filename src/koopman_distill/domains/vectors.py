@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..config import Config, EvalConfig, ModelConfig
     from ..evaluation.core import Reference, Scorer, Shown
     from ..evaluation.extras import DatasetExtras
+    from ..models.spec import Spec
     from ..protocols import Sampler
     from .common import Distance
 
@@ -46,15 +47,18 @@ class Vectors:
     # MLPs take y concatenated to their input; a time input enters as sinusoidal features.
 
     def kdm_networks(self, cfg: ModelConfig, num_classes: int
-                     ) -> tuple[nn.Module, nn.Module, nn.Module, int]:
-        """KDM's E_T, E_0: (B, D) -> (B, d) and D: (B, d) -> (B, D), MLPs of ``cfg.width`` x
-        ``cfg.depth``, and the latent size ``d = cfg.latent_dim``."""
-        from ..models.mlp import ConditionedMLP
+                     ) -> tuple[Spec, Spec, Spec, int]:
+        """The specs of KDM's E_T, E_0: (B, D) -> (B, d) and D: (B, d) -> (B, D), MLPs of
+        ``cfg.width`` x ``cfg.depth``, and the latent size ``d = cfg.latent_dim``."""
+        from ..models.spec import spec
 
         D, d = self.shape[0], cfg.latent_dim
-        E_T = ConditionedMLP(D, d, cfg.width, cfg.depth, num_classes)
-        E_0 = ConditionedMLP(D, d, cfg.width, cfg.depth, num_classes)
-        return E_T, E_0, ConditionedMLP(d, D, cfg.width, cfg.depth, num_classes), d
+
+        def mlp(d_in: int, d_out: int) -> Spec:
+            return spec("ConditionedMLP", d_in=d_in, d_out=d_out, width=cfg.width,
+                        depth=cfg.depth, num_classes=num_classes)
+
+        return mlp(D, d), mlp(D, d), mlp(d, D), d
 
     def student_network(self, cfg: ModelConfig, num_classes: int, target_params: int,
                         time_input: bool) -> nn.Module:

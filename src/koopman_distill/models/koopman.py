@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,15 +63,18 @@ class EigenKoopman(nn.Module):
         self.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(r2.clamp_min(1e-12))))
         self.theta_log = nn.Parameter(torch.log(2 * math.pi * u2.clamp_min(1e-6)))
 
-    def eigenvalues(self) -> torch.Tensor:
-        """The parametrised λ, (d/2,) complex (one of each conjugate pair)."""
+    def _parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re λ and Im λ, (d/2,) each, in real arithmetic (ONNX has no complex tensors)."""
         mod = torch.exp(-torch.exp(self.nu_log))
         phase = torch.exp(self.theta_log)
-        return torch.polar(mod, phase)
+        return mod * torch.cos(phase), mod * torch.sin(phase)
+
+    def eigenvalues(self) -> torch.Tensor:
+        """The parametrised λ, (d/2,) complex (one of each conjugate pair)."""
+        return torch.complex(*self._parts())
 
     def _rotate(self, y: torch.Tensor) -> torch.Tensor:
-        lam = self.eigenvalues()
-        a, b = lam.real, lam.imag
+        a, b = self._parts()
         y = y.unflatten(-1, (-1, 2))
         y0, y1 = y[..., 0], y[..., 1]
         return torch.stack([a * y0 - b * y1, b * y0 + a * y1], dim=-1).flatten(-2)
@@ -98,12 +102,13 @@ class EigenKoopman(nn.Module):
         return {"inverse": inverse, "spectrum": spectrum}
 
 
-def build_koopman(d: int, cfg: ModelConfig) -> DenseKoopman | EigenKoopman:
-    """K of kind ``cfg.koopman`` for a latent of size d."""
+def koopman_spec(d: int, cfg: ModelConfig) -> dict[str, Any]:
+    """The spec (:mod:`.spec`) of K of kind ``cfg.koopman`` for a latent of size d."""
     if cfg.koopman == "dense":
-        return DenseKoopman(d, bias=cfg.koopman_bias)
+        return {"cls": "DenseKoopman", "args": {"d": d, "bias": cfg.koopman_bias}}
     if cfg.koopman == "eigen":
-        return EigenKoopman(d, cfg.r_min, cfg.r_max, cfg.spectrum_target)
+        return {"cls": "EigenKoopman", "args": {"d": d, "r_min": cfg.r_min, "r_max": cfg.r_max,
+                                                "spectrum_target": cfg.spectrum_target}}
     raise KDMError(f"unknown koopman {cfg.koopman!r}; choose dense or eigen")
 
 

@@ -44,7 +44,7 @@ class ConditionedMLP(MLP):
         parts = [x]
         if len(self.freqs):
             t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-            parts.append(time_features(t.expand(len(x)) if t.dim() == 0 else t, self.freqs))
+            parts.append(time_features(t.expand(x.shape[0]) if t.dim() == 0 else t, self.freqs))
         if self.num_classes:
             parts.append(y.to(x.dtype))
         return super().forward(torch.cat(parts, dim=1) if len(parts) > 1 else x)

@@ -284,7 +284,7 @@ class FlatDecoder(UNet):
         if z.dim() != 2 or z.shape[1] != self.in_channels * R * R:
             raise KDMError(f"FlatDecoder: expected latents of shape (B, "
                            f"{self.in_channels * R * R}), got {tuple(z.shape)}")
-        return super().forward(z.view(len(z), self.in_channels, R, R), t, labels)
+        return super().forward(z.view(z.shape[0], self.in_channels, R, R), t, labels)
 
 
 T_SCALE = 1000.0  # DDPM-style UNets see times in [0, 1000]

@@ -31,10 +31,11 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from ..config import ModelConfig
-from ..models.koopman import build_koopman
+from ..models.koopman import koopman_spec
+from ..models.sampling_path import SamplingPath
+from ..models.spec import build, spec
 from ..protocols import Objective
 from ..training.rng import ExampleRNG
 from .adversarial import Adversarial
@@ -48,7 +49,7 @@ def latent_noise(cfg: ModelConfig, progress: float) -> float:
     return cfg.sigma_z
 
 
-class KDM(StudentModule):
+class KDM(SamplingPath, StudentModule):
     """KDM on examples of ``shape`` ((D,) or (C, R, R)); latents are (B, d)."""
 
     training_only = ("E_0.", "critic.")
@@ -57,9 +58,14 @@ class KDM(StudentModule):
     def __init__(self, shape: Sequence[int], cfg: ModelConfig, sigma_max: float = 1.0,
                  num_classes: int = 0):
         super().__init__(shape, cfg, sigma_max, num_classes)
-        self.E_T, self.E_0, self.D, self.d = self.domain.kdm_networks(cfg, num_classes)
-        self.K = build_koopman(self.d, cfg)
-        self.B = nn.Linear(num_classes, self.d) if num_classes else None
+        E_T, E_0, D, self.d = self.domain.kdm_networks(cfg, num_classes)
+        # the sampling path's networks, as an exported generator rebuilds them
+        self.specs = {"E_T": E_T, "D": D, "K": koopman_spec(self.d, cfg),
+                      "B": spec("Linear", in_features=num_classes, out_features=self.d)
+                      if num_classes else None}
+        self.E_T, self.E_0, self.D = build(E_T), build(E_0), build(D)
+        self.K = build(self.specs["K"])
+        self.B = build(self.specs["B"]) if num_classes else None
         self.critic = self.domain.critic(cfg) if cfg.w_adv > 0 else None
         self.adversarial = Adversarial(self.critic) if self.critic is not None else None
         self._distance = self.domain.distance(cfg)  # last: LPIPS draws its random init
@@ -70,28 +76,13 @@ class KDM(StudentModule):
     def objectives(self) -> Sequence[Objective]:
         return () if self.adversarial is None else (self.adversarial,)
 
-    # -- the networks and K ------------------------------------------------------------------
-    def encode_noise(self, x_T: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """z_T = E_T(x_T / sigma_max): (B, *shape) -> (B, d)."""
-        return self.E_T(x_T / self.sigma_max, 1.0, y)
-
     def encode_clean(self, x_0: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """z_0 = E_0(x_0): (B, *shape) -> (B, d)."""
         return self.E_0(x_0, 0.0, y)
 
-    def decode(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """x = D(z): (B, d) -> (B, *shape)."""
-        return self.D(z, 0.0, y)
-
-    def koopman(self, z_T: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Pushed latent K z_T (+ B y): (B, d) -> (B, d)."""
-        z = self.K(z_T)
-        return z + self.B(y) if self.B is not None else z
-
     def forward(self, x_T: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """One-step generation: noise (B, *shape) [, labels (B,)] -> samples (B, *shape)."""
-        y = self.one_hot(labels, len(x_T))
-        return self.decode(self.koopman(self.encode_noise(x_T, y), y), y)
+        return self.generate(x_T, self.one_hot(labels, len(x_T)))
 
     # -- training ----------------------------------------------------------------------------
     def loss(self, batch: dict[str, torch.Tensor], rng: ExampleRNG
