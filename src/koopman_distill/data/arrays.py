@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def load_array(path: str | Path, shape: tuple[int | None, ...] | None = None,
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as e:
         raise KDMError(f"{path} is not a plain .npy array ({first_line(e)})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError) as e:
+        # a damaged header: numpy parses it with tokenize/ast
         raise KDMError(f"cannot read {path} as .npy: {first_line(e)}") from None
     if not isinstance(arr, np.ndarray):
         arr.close()
