@@ -24,6 +24,7 @@ from tqdm import tqdm
 from . import __version__, resources
 from .config import (
     BENCH_SUITES,
+    PRESETS,
     Config,
     apply_overrides,
     check_overrides_act,
@@ -582,6 +583,34 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {write_report(args.path, out)}")
 
 
+def cmd_fid_stats(args: argparse.Namespace) -> None:
+    out = _output_file(args.out, ".npz", "--out", args.force, {})
+    folder = Path(args.source).is_dir()
+    if not folder and args.source not in PRESETS:
+        raise KDMError(f"{args.source} is neither a folder of PNGs nor a preset; presets: "
+                       f"{', '.join(PRESETS)}")
+    cfg = apply_overrides(preset(DEFAULT_PRESET if folder else args.source), args.set or [])
+    check_overrides_act(cfg, args.set or [], ("eval",), "kdm fid-stats")
+    from .data.images import read_png_folder
+    from .domains.images import extractor_for, reference_images
+    from .metrics.images import extract_features, feature_stats
+    from .metrics.reference_stats import write_stats
+
+    if folder:
+        import matplotlib.image
+
+        first = sorted(Path(args.source).glob("*.png"))
+        shape = matplotlib.image.imread(first[0]).shape if first else (1, 1)
+        images = read_png_folder(args.source, 1 if len(shape) == 2 else 3, shape[0])
+        what = f"{len(images)} PNGs of {args.source}"
+    else:
+        images, what = reference_images(cfg, cfg.eval.n)
+    extractor = extractor_for(cfg, data_known=not folder)
+    mu, sigma = feature_stats(extract_features(extractor, images, cfg.eval.batch_size))
+    write_stats(out, mu, sigma)
+    print(f"wrote {out}: mu and sigma of {extractor.name} features ({extractor.dim}-d) of {what}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .export.bundle import check_export
 
@@ -635,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"kdm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
                            metavar="{config,teacher,pairs,train,sample,eval,demo,bench,analyze,"
-                                   "report,export}")
+                                   "report,export,fid-stats}")
 
     s = sub.add_parser("config", help="print the resolved config of a preset as JSON")
     _add_config_args(s)
@@ -799,6 +828,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", help="a run, eval or bench directory")
     s.add_argument("--out", help="the page (default PATH/report.html; replaced if it exists)")
     s.set_defaults(fn=cmd_report)
+    s = sub.add_parser("fid-stats", help="reference statistics (mu, sigma) of a PNG folder or "
+                       "of a preset's real images, in the .npz layout of EDM and pytorch-fid")
+    s.add_argument("source", help="a folder of PNGs, or a preset name (its eval reference "
+                   "images)")
+    s.add_argument("--out", required=True, help="output .npz")
+    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    _add_config_args(s, with_preset=False)
+    s.set_defaults(fn=cmd_fid_stats)
     s = sub.add_parser("export", help="ship a KDM run's one-step generator: safetensors, "
                        "config and a loader needing only torch (and an ONNX graph)")
     s.add_argument("run", help="KDM run directory")

@@ -256,6 +256,9 @@ class EvalConfig:
     energy_n: int = checked(5000, POSITIVE)  # subsample for the energy distance (O(n^2))
     extractor: str = checked("classifier", one_of("classifier", "effnet", "inception"))
     extractor_weights: str = checked("", ANY)  # inception: local FID Inception weights file
+    # images: an .npz of precomputed reference mu and sigma (EDM / pytorch-fid layout); the
+    # Fréchet distance is measured against it (and KID, which needs features, is not)
+    reference_stats: str = checked("", ANY)
     effnet_resolution: int = checked(224, POSITIVE)  # effnet input side (images are resized)
     kid_subset: int = checked(1000, POSITIVE)
     # training steps of the cached evaluation classifier

@@ -176,22 +176,29 @@ class Images:
                if labels is not None and known else None)
         extractor = (clf if e.extractor == "classifier" and clf is not None
                      else extractor_for(cfg, known)).to(device)
-        ref_feats = extract_features(extractor, reference.values, batch_size=e.batch_size)
-        mu_r, sigma_r = feature_stats(ref_feats)
+        settings: dict[str, Any] = {"extractor_settings": extractor.settings}
+        if e.reference_stats:
+            from ..metrics.reference_stats import read_stats
+
+            ref_feats = None
+            mu_r, sigma_r, settings["reference_stats"] = read_stats(e.reference_stats,
+                                                                    extractor.dim)
+        else:
+            ref_feats = extract_features(extractor, reference.values, batch_size=e.batch_size)
+            mu_r, sigma_r = feature_stats(ref_feats)
 
         def score(samples: np.ndarray, target: np.ndarray | None) -> dict[str, float]:
             feats = extract_features(extractor, samples, batch_size=e.batch_size)
-            kid, kid_std = kernel_inception_distance(feats, ref_feats, subset_size=e.kid_subset,
-                                                     seed=e.seed)
-            out = {"fd": frechet_distance(*feature_stats(feats), mu_r, sigma_r), "kid": kid,
-                   "kid_std": kid_std}
+            out = {"fd": frechet_distance(*feature_stats(feats), mu_r, sigma_r)}
+            if ref_feats is not None:  # KID needs the reference features, not their moments
+                out["kid"], out["kid_std"] = kernel_inception_distance(
+                    feats, ref_feats, subset_size=e.kid_subset, seed=e.seed)
             if target is not None:
                 out.update(self.paired(samples, target))
             if clf is not None and labels is not None:
                 out["class_accuracy"] = float(np.mean(clf.predict(samples) == labels.numpy()))
             return out
 
-        settings: dict[str, Any] = {"extractor_settings": extractor.settings}
         if clf is not None and labels is not None:
             settings["classifier_heldout_accuracy"] = clf.settings.get("heldout_accuracy")
         return Scorer(score, settings)
