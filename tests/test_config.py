@@ -111,7 +111,8 @@ def test_every_setting_carries_its_check():
         "PairsConfig.seed", "PairsConfig.solver", "PairsConfig.null_class",
         "ModelConfig.koopman_bias", "ModelConfig.lpips_weights",
         "TrainConfig.seed", "TrainConfig.device", "TrainConfig.init", "EvalConfig.seed",
-        "EvalConfig.reference_seed", "EvalConfig.extractor_weights"])
+        "EvalConfig.reference_seed", "EvalConfig.extractor_weights",
+        "EvalConfig.reference_stats"])
 
 
 def _renamed(cls):
