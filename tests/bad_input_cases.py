@@ -269,6 +269,16 @@ def _filter(store: Callable[[Workspace], Path], *extra: str) -> Callable[[Worksp
     return lambda w: ["pairs", "filter", store(w), "--out", w.p("f"), *extra]
 
 
+def _pngs(w: Workspace, name: str, *shapes: tuple[int, ...]) -> Path:
+    """A folder ``name`` of 8-bit PNGs, one of each shape: (H, W) grey or (H, W, 3) RGB."""
+    from PIL import Image
+
+    folder = _mkdir(w.p(name))
+    for i, shape in enumerate(shapes):
+        Image.fromarray(np.full(shape, 100, np.uint8)).save(folder / f"{i:06d}.png")
+    return folder
+
+
 def _mkdir(path: Path) -> Path:
     path.mkdir()
     return path
@@ -707,7 +717,51 @@ CASES: list[Case] = [
         w.npy("l.npy", np.zeros(5, np.int64))], "give --labels (a class per sample) or --class"),
     Case("eval of a run and --samples", lambda w: [
         "eval", w.run, "--samples", w.npy("s.npy", np.zeros((9, 2), np.float32))],
-        "give a RUN or --samples FILE, not both"),
+        "give one of RUN, --samples FILE or --samples-dir DIR, not RUN and --samples"),
+    Case("sample without --out or --png-dir", lambda w: ["sample", w.run, "--n", "5"],
+         "give --out FILE.npy, --png-dir DIR, or both"),
+    Case("--png-dir of a 2-D run", lambda w: [
+        "sample", w.run, "--n", "5", "--png-dir", w.p("png")],
+        "--png-dir writes images; this run's samples are vectors"),
+    Case("existing --png-dir without --force", lambda w: [
+        "sample", w.run, "--n", "5", "--png-dir", _pngs(w, "png", (8, 8))],
+        "already exists; add --force"),
+    Case("--png-dir is a file", lambda w: [
+        "sample", w.run, "--n", "5", "--png-dir", w.raw("f", b"mine")],
+        "is a file; give a new folder"),
+    Case("eval --samples-dir of no folder", lambda w: [
+        "eval", "--samples-dir", w.p("none"), "--preset", "digits8"],
+        "is not a folder; give a folder of PNG images"),
+    Case("eval --samples-dir with no images", lambda w: [
+        "eval", "--samples-dir", _mkdir(w.p("empty")), "--preset", "digits8"],
+        "holds no .png files"),
+    Case("eval --samples-dir of mixed sizes", lambda w: [
+        "eval", "--samples-dir", _pngs(w, "mixed", (8, 8), (8, 8), (16, 16)), "--preset",
+        "digits8", "--out", w.p("e")], "mixes image sizes: 000000.png is 8x8 grey but "
+        "000002.png is 16x16 grey"),
+    Case("eval --samples-dir of grey and RGB", lambda w: [
+        "eval", "--samples-dir", _pngs(w, "mixed", (8, 8), (8, 8, 3)), "--preset", "digits8"],
+        "000001.png is 8x8 RGB"),
+    Case("eval --samples-dir, a .png that is not one", lambda w: [
+        "eval", "--samples-dir", (w.raw("x.png", b"mine"), w.dir)[1], "--preset", "digits8"],
+        "cannot read"),
+    Case("eval --samples-dir without a reference", lambda w: [
+        "eval", "--samples-dir", _pngs(w, "png", (8, 8))],
+        "a folder of PNGs is scored against real images or statistics"),
+    Case("eval --samples-dir against real images of another size", lambda w: [
+        "eval", "--samples-dir", _pngs(w, "png", (16, 16)), "--preset", "digits8",
+        "--out", w.p("e")], "the samples are 16x16 with 1 channel but the reference images "
+        "are 8x8"),
+    Case("eval --samples-dir with labels.npy of another count", lambda w: [
+        "eval", "--samples-dir", (np.save(_pngs(w, "png", (8, 8)) / "labels.npy",
+                                          np.zeros(3, np.int64)), w.p("png"))[1],
+        "--preset", "digits8"], "holds 3 labels for 1 PNGs"),
+    Case("eval of a run and --samples-dir", lambda w: [
+        "eval", w.run, "--samples-dir", _pngs(w, "png", (8, 8))],
+        "not RUN and --samples-dir"),
+    Case("fid-stats of mixed sizes", lambda w: [
+        "fid-stats", _pngs(w, "mixed", (8, 8), (9, 9)), "--out", w.p("s.npz"), "--set",
+        "eval.extractor=effnet"], "mixes image sizes"),
     Case("eval --reference for a run", lambda w: [
         "eval", w.run, "--out", w.p("e"), "--reference",
         w.npy("r.npy", np.zeros((9, 2), np.float32))], "--reference is for --samples"),

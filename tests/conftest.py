@@ -65,6 +65,16 @@ def make_tiny(root: Path) -> dict[str, Path]:
     return paths
 
 
+def make_digits8(root: Path) -> Path:
+    """A class-conditional digits8 pipeline under ``root`` (teacher ``t``, pairs ``p``, KDM
+    ``k``, no periodic evaluation); returns the KDM run."""
+    assert kdm("teacher", "train", "--preset", "digits8", "--out", root / "t") == 0
+    assert kdm("pairs", "--teacher", root / "t", "--out", root / "p") == 0
+    assert kdm("train", "--preset", "digits8", "--pairs", root / "p", "--out", root / "k",
+               "--set", "train.eval_every=0") == 0
+    return root / "k"
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import kdm, kdm_run, read_json
+from conftest import kdm, kdm_run, make_digits8, read_json
 
 from koopman_distill.errors import KDMError
 from koopman_distill.metrics.images import frechet_distance
@@ -14,10 +14,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("stats")
     mp = pytest.MonkeyPatch()
     mp.setenv("KDM_CACHE", str(root / "cache"))
-    assert kdm("teacher", "train", "--preset", "digits8", "--out", root / "t") == 0
-    assert kdm("pairs", "--teacher", root / "t", "--out", root / "p") == 0
-    assert kdm("train", "--preset", "digits8", "--pairs", root / "p", "--out", root / "k",
-               "--set", "train.eval_every=0") == 0
+    make_digits8(root)
     yield root
     mp.undo()
 

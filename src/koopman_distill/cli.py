@@ -124,49 +124,88 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
-def _save_array(path: Path, chunks: Iterator[np.ndarray], shape: tuple[int, ...], n: int,
-                progress: bool = False, then: Callable[[np.ndarray], None] | None = None) -> None:
-    """Stream float32 chunks (rows, *shape), n rows in all, into the ``.npy`` file ``path``
-    (the bytes ``np.save`` writes for their concatenation), with a progress bar on a terminal
-    if ``progress``. Rows with NaN/inf are an error, counted over all chunks (up to a chunk of
-    nothing else); ``then(first 100 rows)`` runs before the file is put in place.
-    On any failure or interrupt nothing is left: no file, no temp file, no new directory."""
-    made = [d for d in [path.parent, *path.parent.parents] if not d.exists()]
+def _finite(chunks: Iterator[np.ndarray], n: int) -> Iterator[np.ndarray]:
+    """The chunks (rows, *shape) of ``n`` samples, passed through; after the last, a KDMError
+    when any row held NaN/inf (counted over all chunks, up to a chunk of nothing else)."""
+    bad, first, done = 0, -1, 0
+    for c in chunks:
+        rows = ~np.isfinite(c.reshape(len(c), -1)).all(axis=1)
+        if rows.any():
+            if not bad:
+                first = done + int(np.flatnonzero(rows)[0])
+            bad += int(rows.sum())
+        yield c
+        done += len(c)
+        if rows.all():  # a diverged model: the rest would be no better
+            break
+    if bad:
+        of = f"{n}" if done == n else f"the first {done} (sampling stopped there)"
+        raise KDMError(f"{bad} of {of} samples are NaN/inf (first at row {first}), so "
+                       "nothing was written; the run's weights are probably not finite "
+                       "(a diverged run): sample an earlier checkpoint or retrain")
 
-    def write(tmp: str) -> None:
-        bad, first, head = 0, -1, []
-        with open(tmp, "wb") as f, tqdm(total=n, unit="sample", desc="sample",
-                                         disable=None if progress else True, leave=False) as bar:
-            f.write(_npy_header((n, *shape)))
-            done = 0
-            for c in chunks:
-                rows = ~np.isfinite(c.reshape(len(c), -1)).all(axis=1)
-                if rows.any():
-                    if not bad:
-                        first = done + int(np.flatnonzero(rows)[0])
-                    bad += int(rows.sum())
+
+Sink = Callable[[np.ndarray, int], None]  # (chunk, index of its first row)
+
+
+def _write_samples(chunks: Iterator[np.ndarray], shape: tuple[int, ...], n: int, *,
+                   out: Path | None, png_dir: Path | None = None,
+                   labels: np.ndarray | None = None, replace: bool = False,
+                   progress: bool = False,
+                   then: Callable[[np.ndarray], None] | None = None) -> None:
+    """Stream float32 chunks (rows, *shape), n rows in all, into the ``.npy`` file ``out``
+    (the bytes ``np.save`` writes for their concatenation) and/or a folder ``png_dir`` of one
+    PNG per sample (with ``labels.npy`` when ``labels`` (n,) are given; an existing folder is
+    replaced only when ``replace``), with a progress bar on a terminal if ``progress``. Rows
+    with NaN/inf are an error; ``then(first 100 rows)`` runs before anything is put in place.
+    On any failure or interrupt nothing is left: no file, no folder, no temp file, no new
+    directory."""
+    from .io import atomic_directory
+
+    def stream(sinks: list[Sink]) -> None:
+        head, done = [], 0
+        with tqdm(total=n, unit="sample", desc="sample",
+                  disable=None if progress else True, leave=False) as bar:
+            for c in _finite(chunks, n):
+                for sink in sinks:
+                    sink(c, done)
                 if done < 100:
                     head.append(c[:100 - done])
-                f.write(np.ascontiguousarray(c, dtype="<f4").tobytes())
                 done += len(c)
                 bar.update(len(c))
-                if rows.all():  # a diverged model: the rest would be no better
-                    break
-        if bad:
-            of = f"{n}" if done == n else f"the first {done} (sampling stopped there)"
-            raise KDMError(f"{bad} of {of} samples are NaN/inf (first at row {first}), so "
-                           "nothing was written; the run's weights are probably not finite "
-                           "(a diverged run): sample an earlier checkpoint or retrain")
         if then is not None:
             then(np.concatenate(head))
 
-    try:
-        atomic_write(path, write)
-    except BaseException:
-        for d in made:  # deepest first; only what this call made, and only if empty
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
+    def to_npy(sinks: list[Sink]) -> None:
+        if out is None:
+            stream(sinks)
+            return
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                f.write(_npy_header((n, *shape)))
+                stream([*sinks, lambda c, _: f.write(np.ascontiguousarray(c, "<f4").tobytes())])
+
+        made = [d for d in [out.parent, *out.parent.parents] if not d.exists()]
+        try:
+            atomic_write(out, write)
+        except BaseException:
+            for d in made:  # deepest first; only what this call made, and only if empty
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            raise
+
+    if png_dir is None:
+        to_npy([])
+        return
+    from .data.folders import write_labels, write_pngs
+
+    def fill(tmp: Path) -> None:
+        to_npy([lambda c, start: write_pngs(c, tmp, start, n)])
+        if labels is not None:
+            write_labels(labels, tmp)
+
+    atomic_directory(png_dir, fill, replace=replace)
 
 
 def _count(text: str) -> int:
@@ -367,9 +406,25 @@ def _sample_chunk(out: Path, n: int, shape: tuple[int, ...], classes: int, block
     return chunk
 
 
+def _output_folder(path: str, flag: str, force: bool) -> Path:
+    """Check a new output folder before any work: not a file, an existing folder replaced
+    only with ``--force``, a parent that can be written."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise KDMError(f"{flag} {path} is a file; give a new folder")
+    if out.exists() and not force:
+        raise KDMError(f"{flag} {path} already exists; add --force to replace it, or pick "
+                       f"another {flag}")
+    _check_writable(out.parent, flag, path)
+    return out
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     inputs = {"--noise": args.noise, "--labels": args.labels}
-    out = _output_file(args.out, ".npy", "--out", args.force, inputs)
+    if not (args.out or args.png_dir):
+        raise KDMError("give --out FILE.npy, --png-dir DIR, or both")
+    out = _output_file(args.out, ".npy", "--out", args.force, inputs) if args.out else None
+    png_dir = _output_folder(args.png_dir, "--png-dir", args.force) if args.png_dir else None
     if args.grid:
         _output_file(args.grid, ".png", "--grid", args.force, {**inputs, "--out": args.out})
     if args.seed is not None and not 0 <= args.seed < 2**63 - 1:
@@ -387,11 +442,18 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if meta["kind"] != "kdm":
         raise KDMError(f"{args.run} is a {meta['kind']!r} run, not a KDM run")
     shape = tuple(meta["shape"])
+    if png_dir is not None and (args.latents or domain_for(shape).name != "images"):
+        raise KDMError("--png-dir writes images; this run's samples are "
+                       f"{'latents' if args.latents else 'vectors'}: use --out FILE.npy")
     if args.n is not None:
-        _sample_chunk(out, args.n, shape, meta.get("num_classes", 0), domain_for(shape).block)
+        _sample_chunk(out or png_dir, args.n, shape, meta.get("num_classes", 0),
+                      domain_for(shape).block)
     from .api import load_run
 
     gen = load_run(args.run, ema=not args.raw, device=args.device, latents=args.latents)
+    if png_dir is not None and gen.output_shape[0] not in (1, 3):
+        raise KDMError(f"--png-dir writes grey or RGB PNGs; this run's images have "
+                       f"{gen.output_shape[0]} channels: use --out FILE.npy")
     noise = load_array(args.noise, shape=gen.shape, what="noise") if args.noise else None
     n = len(noise) if noise is not None else args.n
     labels = load_array(args.labels, what="labels") if args.labels else None
@@ -399,7 +461,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise KDMError("this model is unconditional; do not pass labels (--labels, --class)")
     if args.cls is not None:
         labels = np.full(n, args.cls, dtype=np.int64)
-    chunk = _sample_chunk(out, n, gen.output_shape, gen.num_classes, gen.block)
+    if labels is None and noise is None:
+        labels = gen.labels(n, args.seed or 0)  # what sample_chunks draws
+    chunk = _sample_chunk(out or png_dir, n, gen.output_shape, gen.num_classes, gen.block)
     chunks = (gen.map_chunks(noise, labels, chunk) if noise is not None
               else gen.sample_chunks(n, args.seed or 0, labels, chunk))
     grid = None
@@ -408,9 +472,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
         nonlocal grid
         grid = gen.domain.picture({gen.name: head}, Path(args.grid))
 
-    _save_array(out, chunks, gen.output_shape, n, progress=len(gen.spans(n, chunk)) > 1,
-                then=write_grid if args.grid else None)
-    print(f"wrote {n} samples to {out}")
+    _write_samples(chunks, gen.output_shape, n, out=out, png_dir=png_dir,
+                   labels=None if labels is None else np.asarray(labels, np.int64),
+                   replace=args.force, progress=len(gen.spans(n, chunk)) > 1,
+                   then=write_grid if args.grid else None)
+    for path in (out, png_dir):
+        if path is not None:
+            print(f"wrote {n} samples to {path}"
+                  + (" (one PNG each)" if path == png_dir else ""))
     if grid is not None:
         print(f"grid: {grid}")
 
@@ -433,14 +502,19 @@ def _eval_out(out: Path, force: bool, files: tuple[str, ...]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    if args.run and args.samples:
-        raise KDMError("give a RUN or --samples FILE, not both (a run is evaluated on samples "
-                       "it draws itself)")
+    given = [f for f, v in (("RUN", args.run), ("--samples", args.samples),
+                            ("--samples-dir", args.samples_dir)) if v]
+    if len(given) > 1:
+        raise KDMError(f"give one of RUN, --samples FILE or --samples-dir DIR, not "
+                       f"{' and '.join(given)} (a run is evaluated on samples it draws itself)")
     if args.samples:
         _eval_samples(args)
         return
+    if args.samples_dir:
+        _eval_samples_dir(args)
+        return
     if not args.run:
-        raise KDMError("give a RUN directory, or --samples FILE.npy")
+        raise KDMError("give a RUN directory, --samples FILE.npy or --samples-dir DIR")
     if args.reference:
         raise KDMError("--reference is for --samples; a run is scored against fresh samples "
                        "of its teacher (or its training pairs): drop --reference")
@@ -489,6 +563,25 @@ def _eval_samples(args: argparse.Namespace) -> None:
     if extras is not None:
         res.update(extras.metrics(x, None))
         res.update({f"{k}_reference": v for k, v in extras.reference_metrics(ref).items()})
+    if args.out:
+        write_json(Path(args.out) / "eval.json", res)
+    print(json.dumps(res, indent=2))
+
+
+def _eval_samples_dir(args: argparse.Namespace) -> None:
+    from .data.folders import png_files
+
+    cfg = _config(args)
+    check_overrides_act(cfg, args.set or [], ("eval", "data"), "kdm eval --samples-dir")
+    png_files(args.samples_dir)  # the cheap checks first
+    if args.reference and not Path(args.reference).exists():
+        raise KDMError(f"--reference {args.reference} not found; give a folder of PNGs or a "
+                       ".npy (N, C, H, W)")
+    if args.out:
+        _eval_out(Path(args.out), args.force, ("eval.json",))
+    from .evaluation.folders import evaluate_folder
+
+    res = evaluate_folder(args.samples_dir, cfg, args.reference)
     if args.out:
         write_json(Path(args.out) / "eval.json", res)
     print(json.dumps(res, indent=2))
@@ -591,17 +684,13 @@ def cmd_fid_stats(args: argparse.Namespace) -> None:
                        f"{', '.join(PRESETS)}")
     cfg = apply_overrides(preset(DEFAULT_PRESET if folder else args.source), args.set or [])
     check_overrides_act(cfg, args.set or [], ("eval",), "kdm fid-stats")
-    from .data.images import read_png_folder
+    from .data.folders import read_pngs
     from .domains.images import extractor_for, reference_images
     from .metrics.images import extract_features, feature_stats
     from .metrics.reference_stats import write_stats
 
     if folder:
-        import matplotlib.image
-
-        first = sorted(Path(args.source).glob("*.png"))
-        shape = matplotlib.image.imread(first[0]).shape if first else (1, 1)
-        images = read_png_folder(args.source, 1 if len(shape) == 2 else 3, shape[0])
+        images = read_pngs(args.source)
         what = f"{len(images)} PNGs of {args.source}"
     else:
         images, what = reference_images(cfg, cfg.eval.n)
@@ -752,8 +841,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("--n", type=_count, help="number of samples (e.g. 10000 or 1e6; beyond "
                    "memory they are streamed to --out in chunks, with the same values)")
-    s.add_argument("--out", required=True, help="output .npy (N, D) or (N, C, R, R)")
-    s.add_argument("--force", action="store_true", help="replace an existing --out or --grid")
+    s.add_argument("--out", help="output .npy (N, D) or (N, C, R, R)")
+    s.add_argument("--png-dir", metavar="DIR", help="image runs: also (or instead) write one "
+                   "8-bit PNG per sample into this new folder (000000.png, ...; the class ids "
+                   "of a conditional run in labels.npy), the input of external FID tools")
+    s.add_argument("--force", action="store_true", help="replace an existing --out, --png-dir "
+                   "or --grid")
     s.add_argument("--seed", type=int, help="noise (and label) seed (default 0)")
     s.add_argument("--noise", help="map this noise .npy (N, D) or (N, C, R, R) instead of "
                    "drawing it")
@@ -773,18 +866,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "e.g. --set eval.n=5000; `kdm config` prints them all.")
     s.add_argument("run", nargs="?")
     s.add_argument("--samples", help="evaluate this .npy (N, D) instead of a run")
+    s.add_argument("--samples-dir", metavar="DIR", help="evaluate a folder of PNGs (one size; "
+                   "class ids in DIR/labels.npy, optional) made by anything, against the real "
+                   "images of --preset's data (or --reference, or eval.reference_stats)")
     s.add_argument("--reference", help="with --samples: reference .npy (N, D) (default: "
-                   "checkerboard samples, for D = 2)")
+                   "checkerboard samples, for D = 2); with --samples-dir: a folder of PNGs or "
+                   "a .npy (N, C, H, W) in [-1, 1]")
     s.add_argument("--out", help="output directory (default RUN/eval)")
     s.add_argument("--force", action="store_true", help="replace an earlier evaluation in --out")
     s.add_argument("--no-plots", action="store_true")
     _add_config_args(s)
     for a in s._actions:
         if a.dest == "preset":
-            a.help = ("with --samples: the preset whose eval settings are used (default "
-                      "checkerboard); a run uses its own config")
+            a.help = ("with --samples or --samples-dir: the preset whose eval settings (and, "
+                      "for --samples-dir, data) are used (default checkerboard); a run uses "
+                      "its own config")
         if a.dest == "set":
-            a.help = "override an eval setting, e.g. eval.n=5000 (only eval.* apply)"
+            a.help = ("override an eval setting, e.g. eval.n=5000 (only eval.* apply; data.* "
+                      "too with --samples-dir)")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("demo", help="the whole pipeline (teacher, pairs, KDM, eval) for a "

@@ -146,29 +146,6 @@ def class_names(source: str) -> tuple[str, ...] | None:
     return CLASS_NAMES.get(kind)
 
 
-def read_png_folder(directory: str | Path, channels: int, resolution: int) -> np.ndarray:
-    """The ``.png`` files of ``directory`` (sorted by name) as float32 ``(N, channels, R, R)``
-    in [-1, 1]: grey or RGB (an alpha channel is dropped), converted to ``channels`` and
-    brought to side ``resolution`` as :func:`to_resolution` does."""
-    import matplotlib.image
-
-    files = sorted(Path(directory).glob("*.png"))
-    if not files:
-        raise KDMError(f"{directory} holds no .png files; give a folder of PNG images or a "
-                       ".npy (N, C, H, W)")
-    out = []
-    for f in files:
-        try:
-            img = np.asarray(matplotlib.image.imread(f), dtype=np.float32)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise KDMError(f"cannot read {f} as a PNG image ({first_line(e)})") from None
-        # imread gives [0, 1]: (H, W) grey, (H, W, 2) grey + alpha, (H, W, 3 or 4) RGB(A)
-        img = img[..., None] if img.ndim == 2 else img[..., :1 if img.shape[-1] == 2 else 3]
-        x = to_channels(np.moveaxis(img, -1, 0)[None] * 2 - 1, channels)
-        out.append(to_resolution(x, resolution)[0])
-    return np.stack(out).astype(np.float32)
-
-
 def _parse_source(source: str) -> tuple[str, str | None]:
     """Split a source string into (kind, argument); kind is digits/mnist/fashion-mnist/file."""
     if not isinstance(source, (str, os.PathLike)):

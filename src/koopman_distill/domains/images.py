@@ -232,7 +232,7 @@ class Images:
         in [-1, 1], or a directory of PNGs brought to this domain's channels and side;
         float32 (N, C, H, W)."""
         from ..data.arrays import load_array
-        from ..data.images import read_png_folder
+        from ..data.folders import read_png_folder
 
         if Path(path).is_dir():
             return read_png_folder(path, self.shape[0], self._side())
