@@ -30,7 +30,7 @@ from .pairs import PairStore, write_pairs
 from .pairs.store import draw_noise
 from .protocols import Decoder, Sampler, Teacher
 from .runs import RUN_FORMAT, read_run
-from .seeded import block_spans, fill_noise, seeded_labels
+from .seeded import SeededDraws, block_spans, fill_noise
 from .students import build_student, sampling_path_params, student_label, student_nfe
 from .teachers import (
     build_teacher,
@@ -451,7 +451,7 @@ def run_summary(run: str | Path) -> str:
     return f"{run}: step {step_of(ckpt) if ckpt else 0}/{steps}{loss}{where}"
 
 
-class StudentRun:
+class StudentRun(SeededDraws):
     """A trained student (KDM or a baseline) ready to sample: ``sample(n)`` or ``map(noise)``
     at its own step count (one, or a rectified flow's ``model.sample_steps``), or
     ``sample_chunks`` / ``map_chunks`` for outputs larger than memory (the same values).
@@ -555,15 +555,6 @@ class StudentRun:
         if chunk is not None and (chunk < 1 or chunk % self.block):
             raise ValueError(f"chunk must be a positive multiple of {self.block}, got {chunk}")
         return block_spans(n, chunk or max(n, 1), math.prod(self.shape))
-
-    def noise(self, n: int, seed: int = 0) -> torch.Tensor:
-        """Seeded ``x_T ~ N(0, sigma_max^2 I)``, (n, *shape)."""
-        return fill_noise(torch.empty(n, *self.shape), torch.Generator().manual_seed(seed),
-                          self.block, self.sigma_max)
-
-    def labels(self, n: int, seed: int = 0) -> torch.Tensor | None:
-        """Uniform class ids (n,) from ``seed`` for a conditional model, else None."""
-        return seeded_labels(n, self.num_classes, seed) if self.num_classes else None
 
     @torch.no_grad()
     def map(self, noise: torch.Tensor | np.ndarray, labels: Any = None,

@@ -30,3 +30,22 @@ def seeded_labels(n: int, num_classes: int, seed: int) -> torch.Tensor:
     """Uniform class ids (n,) int64 in [0, num_classes) for noise of ``seed``."""
     g = torch.Generator().manual_seed(seed + 1)
     return torch.randint(0, num_classes, (n,), generator=g)
+
+
+class SeededDraws:
+    """``noise`` and ``labels`` of a seed, for a sampler with ``shape``, ``block``,
+    ``sigma_max`` and ``num_classes``: what ``kdm sample --seed`` maps."""
+
+    shape: tuple[int, ...]
+    block: int
+    sigma_max: float
+    num_classes: int
+
+    def noise(self, n: int, seed: int = 0) -> torch.Tensor:
+        """Seeded ``x_T ~ N(0, sigma_max^2 I)``, (n, *shape)."""
+        return fill_noise(torch.empty(n, *self.shape), torch.Generator().manual_seed(seed),
+                          self.block, self.sigma_max)
+
+    def labels(self, n: int, seed: int = 0) -> torch.Tensor | None:
+        """Uniform class ids (n,) from ``seed`` for a conditional model, else None."""
+        return seeded_labels(n, self.num_classes, seed) if self.num_classes else None

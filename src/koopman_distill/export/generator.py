@@ -28,13 +28,13 @@ from torch import nn
 from ..errors import KDMError
 from ..models.sampling_path import SamplingPath
 from ..models.spec import NETWORKS, build
-from ..seeded import fill_noise, seeded_labels
+from ..seeded import SeededDraws
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 GENERATOR_FORMAT = 1  # the layout of config.json's "generator" section
 
 
-class OneStepGenerator(SamplingPath, nn.Module):
+class OneStepGenerator(SeededDraws, SamplingPath, nn.Module):
     """``x_0 = D(K E_T(x_T / sigma_max) + B y)``: noise (B, *shape) [and class ids (B,) int64
     for a conditional model] -> samples (B, *shape), from the ``generator`` section of an
     export's ``config.json``."""
@@ -59,15 +59,6 @@ class OneStepGenerator(SamplingPath, nn.Module):
             return self.generate(x_T, None)
         classes = torch.arange(self.num_classes, device=labels.device)
         return self.generate(x_T, (labels[:, None] == classes).to(x_T.dtype))  # one-hot
-
-    def noise(self, n: int, seed: int = 0) -> torch.Tensor:
-        """Seeded ``x_T ~ N(0, sigma_max^2 I)`` (n, *shape), the noise of ``kdm sample``."""
-        return fill_noise(torch.empty(n, *self.shape), torch.Generator().manual_seed(seed),
-                          self.block, self.sigma_max)
-
-    def labels(self, n: int, seed: int = 0) -> torch.Tensor | None:
-        """Uniform class ids (n,) from ``seed`` for a conditional model, else None."""
-        return seeded_labels(n, self.num_classes, seed) if self.num_classes else None
 
     @torch.no_grad()
     def map(self, x_T: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
