@@ -39,6 +39,7 @@ from .teachers import (
     teacher_from_arg,
     teacher_tensors,
 )
+from .threads import cpu_threads
 from .training import Batches, Trainer
 from .training.board import Board
 from .training.checkpoint import latest_checkpoint, load_into, load_weights, step_of
@@ -237,13 +238,16 @@ def make_pairs(teacher: Teacher | str | Path, out: str | Path, cfg: Config | Non
             out["label"] = label
         return out
 
-    return write_pairs(
-        out, generate, cfg.pairs.n, cfg.pairs.shard_size, cfg.pairs.seed,
-        sigma_max=teacher.sigma_max, shape=shape, teacher={**identity, "spec": teacher.spec()},
-        sampler={**identity["sampler"], **({"noise_scale": scale} if scale != 1.0 else {})},
-        nfe=teacher.nfe(), config=record.to_dict() if record else None,
-        source={"kind": "generated"}, progress=progress, clean_dtype=cfg.pairs.clean_dtype,
-        store_noise=cfg.pairs.store_noise, labels=bool(k), reports_progress=True)
+    with cpu_threads(cfg.train.threads, every_module_call=True):
+        return write_pairs(
+            out, generate, cfg.pairs.n, cfg.pairs.shard_size, cfg.pairs.seed,
+            sigma_max=teacher.sigma_max, shape=shape,
+            teacher={**identity, "spec": teacher.spec()},
+            sampler={**identity["sampler"], **({"noise_scale": scale} if scale != 1.0 else {})},
+            nfe=teacher.nfe(), config=record.to_dict() if record else None,
+            source={"kind": "generated"}, progress=progress,
+            clean_dtype=cfg.pairs.clean_dtype,
+            store_noise=cfg.pairs.store_noise, labels=bool(k), reports_progress=True)
 
 
 # -- KDM ------------------------------------------------------------------------------------
@@ -361,7 +365,7 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
 # ones still to come, compute (``steps`` extends or shortens the run; a schedule that depends
 # on it is stretched, which is warned about).
 RESUMABLE = ("steps", "log_every", "eval_every", "ckpt_every", "keep_checkpoints",
-             "max_nonfinite", "progress", "device", "prefetch", "tensorboard")
+             "max_nonfinite", "progress", "device", "prefetch", "tensorboard", "threads")
 
 
 def resume_run(run: str | Path, kind: str | None = None,

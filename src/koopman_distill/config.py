@@ -237,6 +237,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile each network (pays off on GPUs for long runs)
     # batches loaded ahead in a background thread (0 = off)
     prefetch: int = checked(0, NONNEGATIVE)
+    # CPU threads of training and pair generation: 0 = as many as the process has, fewer while
+    # other processes compete for the cores (see koopman_distill.threads); N = exactly N, for
+    # bitwise repeatable runs
+    threads: int = checked(0, NONNEGATIVE)
     deterministic: bool = False  # deterministic kernels only (GPU; CPU runs already are)
     # a run whose EMA weights start this one (fine-tuning); "" = fresh weights
     init: str = checked("", ANY)

@@ -46,6 +46,7 @@ from ..config import TrainConfig
 from ..errors import KDMError, Stopped, first_line
 from ..io import atomic_write, remove_temp_files, write_failed
 from ..protocols import Objective
+from ..threads import CPUThreads, cpu_threads
 from . import rng
 from .board import Board
 from .checkpoint import (
@@ -340,8 +341,8 @@ class Trainer:
         if self.board is not None and is_main():
             self.board.open(self.step)
         try:
-            with self._stop_on_signals():
-                return self._loop(bar)
+            with self._stop_on_signals(), cpu_threads(self.cfg.threads) as threads:
+                return self._loop(bar, threads)
         finally:
             bar.close()
             if self.board is not None:
@@ -349,13 +350,14 @@ class Trainer:
             if isinstance(self.data, Prefetch):
                 self.data.close()
 
-    def _loop(self, bar: tqdm) -> dict[str, float]:
+    def _loop(self, bar: tqdm, threads: CPUThreads) -> dict[str, float]:
         cfg = self.cfg
         sums: dict[str, float] = {}
         count, consecutive, last_eval = 0, 0, {}
         t_start = time.perf_counter() - self.elapsed
         self.model.train()
         while self.step < cfg.steps:
+            threads.apply()
             batch = {k: self._to_device(v) for k, v in next(self.data).items()}
             if hasattr(self.model, "set_progress"):  # e.g. KDM's latent-noise schedule
                 self.model.set_progress(self.step / cfg.steps)
