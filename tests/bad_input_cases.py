@@ -409,7 +409,7 @@ CASES: list[Case] = [
         lambda r: (r / "run.json").write_bytes(b"{\x00"))), "is not valid JSON"),
     Case("run from a newer version", _sample(lambda w: w.run_copy(
         lambda r: edit_json(r / "run.json", lambda d: d.update(format=9)))),
-        "newer koopman-distill (run format 9 > 2)"),
+        "newer koopman-distill (run format 9 > 3)"),
     Case("unknown run kind", _resume(lambda r: edit_json(
         r / "run.json", lambda d: d.update(kind="other"))), "unknown run kind 'other'"),
     Case("unknown key in config.json", _sample(lambda w: w.run_copy(
