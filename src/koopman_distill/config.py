@@ -474,6 +474,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # `kdm bench` suites: the preset of the full run and the preset of `--quick`.
 BENCH_SUITES = {"checkerboard": ("checkerboard-demo", "checkerboard-tiny"),
                 "fashion16": ("fashion16-cond", "digits8")}
+# kdm bench --adv: which students get the adversarial term (bench.ADV_MODES)
+BENCH_ADV = ("kdm", "all", "none", "both")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any], where: str) -> None:
