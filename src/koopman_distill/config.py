@@ -158,7 +158,8 @@ class ModelConfig:
     Baselines (:mod:`.students.baselines`), sized to the parameter count of KDM's sampling path
     E_T, K, (B,) D under the same settings: ``kd`` regresses x_0 from x_T directly (Luhman &
     Luhman); ``rectified`` learns the velocity of the straight noise-to-teacher-sample path and
-    samples with ``sample_steps`` Euler steps.
+    samples with ``sample_steps`` Euler steps. ``w_adv`` > 0 gives them the same adversarial
+    term on their one-step output.
     """
 
     method: str = checked("kdm", one_of("kdm", "kd", "rectified"))
