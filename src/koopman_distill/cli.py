@@ -810,8 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pairs", help="reuse this pair store (its teacher must be on this machine)")
     s.add_argument("--preset", help="budget preset on the suite's data (default: checkerboard-"
                    "demo / fashion16-cond; e.g. checkerboard for the full 2-D budget)")
-    s.add_argument("--seeds", type=_count, default=1, help="train every student N times, with "
-                   "train.seed, train.seed + 1, ...; rows show mean ± std (default 1)")
+    s.add_argument("--seeds", type=_count, default=1, metavar="N", help="train every student N "
+                   "times, with train.seed, train.seed + 1, ...; rows show mean ± std (default 1)")
     from .config import BENCH_ADV  # kept with the bench parser it serves
 
     s.add_argument("--adv", choices=BENCH_ADV, default="kdm",
