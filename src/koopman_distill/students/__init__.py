@@ -42,7 +42,8 @@ def build_student(cfg: ModelConfig, shape: Sequence[int], sigma_max: float,
 
 
 def sampling_path_params(student: StudentModule) -> int:
-    """Parameters a student samples with: for KDM everything but E_0 and the critic."""
+    """Parameters a student samples with: all but its training-only ones (a critic; KDM's
+    E_0)."""
     return param_count(student, student.training_only)
 
 
