@@ -419,7 +419,7 @@ CASES: list[Case] = [
         lambda r: (r / "run.json").write_bytes(b"{\x00"))), "is not valid JSON"),
     Case("run from a newer version", _sample(lambda w: w.run_copy(
         lambda r: edit_json(r / "run.json", lambda d: d.update(format=9)))),
-        "newer koopman-distill (run format 9 > 2)"),
+        "newer koopman-distill (run format 9 > 3)"),
     Case("unknown run kind", _resume(lambda r: edit_json(
         r / "run.json", lambda d: d.update(kind="other"))), "unknown run kind 'other'"),
     Case("unknown key in config.json", _sample(lambda w: w.run_copy(
@@ -858,6 +858,26 @@ CASES: list[Case] = [
     Case("filter --drop-outliers out of range", _filter(
         lambda w: w.pairs, "--drop-outliers", "1.5"), "--drop-outliers must be a fraction"),
     # ---- end of pairs filter
+    # ---- kdm bench
+    Case("bench --seeds 0", lambda w: [
+        "bench", "checkerboard", "--quick", "--out", w.p("b"), "--seeds", "0"],
+        "--seeds must be a positive integer, got 0"),
+    Case("bench --seeds negative", lambda w: [
+        "bench", "checkerboard", "--quick", "--out", w.p("b"), "--seeds", "-2"],
+        "--seeds must be a positive integer, got -2"),
+    Case("bench --seeds not a whole number", lambda w: [
+        "bench", "checkerboard", "--quick", "--out", w.p("b"), "--seeds", "1.5"],
+        "argument --seeds: invalid int value: '1.5'"),
+    Case("bench --adv of no mode", lambda w: [
+        "bench", "checkerboard", "--quick", "--out", w.p("b"), "--adv", "always"],
+        "argument --adv: invalid choice: 'always'"),
+    Case("bench --adv both without an adversarial weight", lambda w: [
+        "bench", "checkerboard", "--quick", "--out", w.p("b"), "--adv", "both"],
+        "--adv both sets the adversarial term at model.w_adv, which is 0 here"),
+    Case("bench --adv none with model.w_adv=0", lambda w: [
+        "bench", "fashion16", "--quick", "--out", w.p("b"), "--adv", "none",
+        "--set", "model.w_adv=0"], "--adv none sets the adversarial term at model.w_adv"),
+    # ---- end of kdm bench
 ]
 
 

@@ -1,14 +1,16 @@
 """The offline baselines: sizing against KDM's sampling path, the rectified-flow conventions
-(exact on straight paths), training on a closed-form map, conditioning in every domain, and
-dispatch by ``model.method``."""
+(exact on straight paths), training on a closed-form map, conditioning in every domain,
+dispatch by ``model.method``, and the adversarial term they take with ``model.w_adv`` > 0."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from koopman_distill.api import build_kdm
-from koopman_distill.config import ModelConfig, UNetConfig, preset
+from koopman_distill.config import ModelConfig, TrainConfig, UNetConfig, preset
 from koopman_distill.errors import KDMError
 from koopman_distill.students import (
     KD,
@@ -18,6 +20,8 @@ from koopman_distill.students import (
     param_count,
     sampling_path_params,
 )
+from koopman_distill.training import Batches, Trainer
+from koopman_distill.training.checkpoint import latest_checkpoint
 from koopman_distill.training.rng import GLOBAL
 
 SMALL = ModelConfig(width=32, depth=3, latent_dim=16)
@@ -104,3 +108,84 @@ def test_rectified_evaluates_its_own_step_count_too():
     with torch.no_grad():
         assert torch.equal(model(x_T), model.sample(x_T, steps=3))
         assert not torch.equal(model(x_T), model.sample(x_T, steps=1))
+
+
+class _Ones:
+    """An ExampleRNG stand-in that draws t = 1 for every example."""
+
+    def rand(self, n, *, device=None, dtype=None):
+        return torch.ones(n, device=device)
+
+
+@pytest.mark.parametrize("cls", [KD, RectifiedFlow])
+def test_baselines_take_the_adversarial_term_with_w_adv(cls):
+    """With w_adv > 0: the domain's critic as an objective, kept off the sampling path, and
+    ``w_adv · BCE(C(x̂_0), 1)`` added to the loss on the one-step output (for rectified flow
+    ``x_t - t v``, which at t = 1 is its one-step sample); with w_adv = 0 nothing of it."""
+    adv_cfg = dataclasses.replace(SMALL, w_adv=0.5, disc_channels=8)
+    torch.manual_seed(0)
+    plain = cls((2,), SMALL, 4.0, 0, 2000)
+    torch.manual_seed(0)
+    adv = cls((2,), adv_cfg, 4.0, 0, 2000)
+    assert plain.critic is None and plain.adversarial is None and plain.objectives() == ()
+    assert adv.objectives() == (adv.adversarial,) and adv.adversarial.critic is adv.critic
+    # the critic is built after the network: the same sampling path at the same seed
+    net = "G" if cls is KD else "v"
+    assert {k.split(".")[0] for k in plain.state_dict()} == {net}
+    assert plain.state_dict().keys() == {k: v for k, v in adv.state_dict().items()
+                                         if not k.startswith("critic.")}.keys()
+    assert all(torch.equal(v, adv.state_dict()[k]) for k, v in plain.state_dict().items())
+    assert sampling_path_params(adv) == sampling_path_params(plain) == param_count(plain)
+    assert param_count(adv) == param_count(plain) + param_count(adv.critic) > param_count(plain)
+
+    batch = {"noise": 4.0 * torch.randn(64, 2), "clean": torch.randn(64, 2)}
+    rng = GLOBAL if cls is KD else _Ones()
+    base, base_logs = plain.loss(batch, rng)
+    total, logs = adv.loss(batch, rng)
+    with torch.no_grad():
+        x_hat = adv.sample(batch["noise"], steps=1)  # KD: G(x_T / 4); RF at t = 1: z - v(z, 1)
+        logits = adv.critic(x_hat)
+    bce = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    torch.testing.assert_close(total, base + 0.5 * bce)
+    assert logs == {**base_logs, "adv": pytest.approx(bce.item())}
+    assert torch.equal(adv.adversarial._fake, x_hat)  # the critic's fake batch
+    # w_adv = 0 is the plain regression, bitwise
+    z, x_0 = batch["noise"] / 4.0, batch["clean"]
+    direct = (plain._distance(plain.G(z, 0.0, None), x_0) if cls is KD else
+              plain._distance(plain.velocity(z, torch.ones(64), None), z - x_0))
+    assert torch.equal(base, direct) and "adv" not in base_logs
+
+
+def test_rectified_adversarial_input_is_the_straight_path_estimate():
+    """At t < 1 the critic sees ``x_t - t v(x_t, t)`` for the t drawn for each example."""
+    cfg = dataclasses.replace(SMALL, w_adv=0.1, disc_channels=8)
+    model = RectifiedFlow((2,), cfg, 4.0, 0, 2000)
+    batch = {"noise": 4.0 * torch.randn(32, 2), "clean": torch.randn(32, 2)}
+    torch.manual_seed(3)
+    model.loss(batch, GLOBAL)
+    torch.manual_seed(3)
+    t = torch.rand(32)[:, None]
+    x_t = (1 - t) * batch["clean"] + t * batch["noise"] / 4.0
+    with torch.no_grad():
+        expect = x_t - t * model.velocity(x_t, t[:, 0], None)
+    torch.testing.assert_close(model.adversarial._fake, expect)
+
+
+def test_trainer_trains_a_baselines_critic(tmp_path):
+    """KD + adv. through the trainer: the loss logs the term, the critic is stepped as its own
+    objective (its weights move, its optimizer is checkpointed)."""
+    torch.manual_seed(0)
+    model = KD((2,), dataclasses.replace(SMALL, w_adv=0.1, disc_channels=8), 4.0, 0, 2000)
+    start = {k: v.clone() for k, v in model.critic.state_dict().items()}
+    data = {"noise": 4.0 * torch.randn(64, 2), "clean": torch.randn(64, 2)}
+    cfg = TrainConfig(steps=4, batch_size=16, log_every=1, ckpt_every=4, eval_every=0,
+                      progress=False)
+    Trainer(model, Batches(data, 16, seed=0), cfg, tmp_path).fit()
+    rows = [r for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())
+            if "loss" in r]
+    assert len(rows) == 4 and all({"adv", "critic_real", "critic_fake", "push"} <= set(r)
+                                  for r in rows)
+    assert all(not torch.equal(v, start[k]) for k, v in model.critic.state_dict().items()
+               if v.is_floating_point())
+    assert "critic_optimizer" in torch.load(latest_checkpoint(tmp_path) / "state.pt",
+                                            weights_only=True)

@@ -31,7 +31,13 @@ from .pairs.store import draw_noise
 from .protocols import Decoder, Sampler, Teacher
 from .runs import RUN_FORMAT, read_run
 from .seeded import SeededDraws, block_spans, fill_noise
-from .students import build_student, sampling_path_params, student_label, student_nfe
+from .students import (
+    build_student,
+    sampling_path_params,
+    student_label,
+    student_name,
+    student_nfe,
+)
 from .teachers import (
     build_teacher,
     latent_decoder,
@@ -531,8 +537,8 @@ class StudentRun(SeededDraws):
 
     @property
     def name(self) -> str:
-        """Display name of the student, e.g. ``KDM (1 step)``."""
-        return student_label(self.method, self.nfe)
+        """Display name of the student, e.g. ``KDM (1 step)``, ``KD + adv. (1 step)``."""
+        return student_label(self.method, self.nfe, student_name(self.cfg.model))
 
     @property
     def params(self) -> int:

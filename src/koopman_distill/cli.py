@@ -623,7 +623,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import bench_markdown, run_bench
 
     result = run_bench(args.suite, args.out, quick=args.quick, overrides=args.set or [],
-                       teacher=args.teacher, pairs=args.pairs, preset_name=args.preset)
+                       teacher=args.teacher, pairs=args.pairs, preset_name=args.preset,
+                       seeds=args.seeds, adv=args.adv)
     print("\n" + bench_markdown(result))
     print(f"results: {Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.md'}, "
           f"{result['plot']}")
@@ -908,6 +909,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pairs", help="reuse this pair store (its teacher must be on this machine)")
     s.add_argument("--preset", help="budget preset on the suite's data (default: checkerboard-"
                    "demo / fashion16-cond; e.g. checkerboard for the full 2-D budget)")
+    s.add_argument("--seeds", type=_count, default=1, metavar="N", help="train every student N "
+                   "times, with train.seed, train.seed + 1, ...; rows show mean ± std (default 1)")
+    from .config import BENCH_ADV  # kept with the bench parser it serves
+
+    s.add_argument("--adv", choices=BENCH_ADV, default="kdm",
+                   help="which students get the adversarial term at model.w_adv: kdm (default),"
+                   " all, none, or both (each student with and without it)")
     _add_config_args(s, with_preset=False)
     s.set_defaults(fn=cmd_bench)
 

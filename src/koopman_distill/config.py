@@ -158,7 +158,8 @@ class ModelConfig:
     Baselines (:mod:`.students.baselines`), sized to the parameter count of KDM's sampling path
     E_T, K, (B,) D under the same settings: ``kd`` regresses x_0 from x_T directly (Luhman &
     Luhman); ``rectified`` learns the velocity of the straight noise-to-teacher-sample path and
-    samples with ``sample_steps`` Euler steps.
+    samples with ``sample_steps`` Euler steps. ``w_adv`` > 0 gives them the same adversarial
+    term on their one-step output.
     """
 
     method: str = checked("kdm", one_of("kdm", "kd", "rectified"))
@@ -478,6 +479,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # `kdm bench` suites: the preset of the full run and the preset of `--quick`.
 BENCH_SUITES = {"checkerboard": ("checkerboard-demo", "checkerboard-tiny"),
                 "fashion16": ("fashion16-cond", "digits8")}
+# kdm bench --adv: which students get the adversarial term (bench.ADV_MODES)
+BENCH_ADV = ("kdm", "all", "none", "both")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any], where: str) -> None:

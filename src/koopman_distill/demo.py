@@ -36,6 +36,8 @@ def _result_settings(cfg: Config, kind: str) -> dict[str, Any]:
     ignored |= {f"teacher_train.{name}" for name in BOOKKEEPING}
     if kind == "kdm" and cfg.model.method != "kdm":
         ignored |= {f"model.{name}" for name in KDM_LOSS_FIELDS}
+    if kind == "kdm" and cfg.model.w_adv == 0:  # no critic
+        ignored.add("model.disc_channels")
     return {f"{section}.{name}": value
             for section in STAGE_SECTIONS[kind]
             for name, value in dataclasses.asdict(getattr(cfg, section)).items()

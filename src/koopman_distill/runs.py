@@ -13,7 +13,9 @@ from .config import Config, load_config
 from .errors import KDMError
 from .io import read_json
 
-RUN_FORMAT = 2  # 1: vector runs recorded ``dim`` instead of ``shape``
+# 1: vector runs recorded ``dim`` instead of ``shape``; 2: a baseline (kd, rectified) ignored
+# model.w_adv, which is read as 0 (from 3 on it adds the adversarial term)
+RUN_FORMAT = 3
 
 
 def read_run(run: str | Path) -> tuple[Config, dict[str, Any]]:
@@ -26,7 +28,10 @@ def read_run(run: str | Path) -> tuple[Config, dict[str, Any]]:
     if "dim" in meta:  # format 1
         dim = meta.pop("dim")
         meta.update(shape=[dim], num_classes=meta.get("num_classes", 0))
-    return load_config(str(run / "config.json")), meta
+    cfg = load_config(str(run / "config.json"))
+    if meta["format"] < 3 and cfg.model.method != "kdm":  # trained without a critic
+        cfg.model.w_adv = 0.0
+    return cfg, meta
 
 
 _MAX_EXAMPLE = 1 << 28  # values per example: far above any real model, far below memory limits

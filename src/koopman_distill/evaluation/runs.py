@@ -33,7 +33,7 @@ from ..io import write_json
 from ..models.koopman import spectra
 from ..pairs import PairStore
 from ..protocols import Decoder, Teacher
-from ..students import param_count, student_label
+from ..students import param_count, student_label, student_name
 from ..teachers import store_teacher
 from ..training.trainer import read_log
 from .core import Candidate, Shown, draw, evaluate
@@ -86,12 +86,15 @@ def _train_seconds(run: Path) -> float:
     return float(rows[-1]["time"]) if rows else math.nan
 
 
-def student_candidates(gen: StudentRun, every_step_count: bool = False) -> list[Candidate]:
-    """The student of ``gen`` at its own step count, or at each of its ``sampling_steps``."""
+def student_candidates(gen: StudentRun, every_step_count: bool = False,
+                       name: str | None = None) -> list[Candidate]:
+    """The student of ``gen`` at its own step count, or at each of its ``sampling_steps``;
+    ``name`` replaces its display name (``KDM`` in ``KDM (1 step)``)."""
     counts = gen.sampling_steps if every_step_count else (gen.nfe,)
     seconds = _train_seconds(gen.run) if gen.run is not None else math.nan
-    return [Candidate(student_label(gen.method, k), gen.method, k, gen.sampler(k), gen.params,
-                      seconds) for k in counts]
+    name = name or student_name(gen.cfg.model)
+    return [Candidate(student_label(gen.method, k, name), gen.method, k, gen.sampler(k),
+                      gen.params, seconds) for k in counts]
 
 
 # -- kdm eval -------------------------------------------------------------------------------
@@ -174,11 +177,14 @@ def _run_plots(run: Path, gen: StudentRun, out: Path) -> dict[str, Path]:
 
 # -- kdm bench ------------------------------------------------------------------------------
 def evaluate_students(runs: Mapping[str, str | Path], cfg: Config,
-                      teacher: Teacher | None = None) -> dict[str, Any]:
+                      teacher: Teacher | None = None,
+                      names: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Score the teacher (rebuilt from the pair store's manifest, or ``teacher``) at every
     NFE of :data:`TEACHER_NFES` and at its pairs' sampler, and every student run (all on one
     pair store; multi-step ones at each of their ``sampling_steps``), on the same noise with
-    ``cfg.eval``'s settings: rows, the reference and the settings."""
+    ``cfg.eval``'s settings: rows (a student's with ``student``, its key in ``runs``), the
+    reference, the settings and ``students`` (per key: method, display name, w_adv, run,
+    train seed). ``names`` gives students display names other than their own."""
     gens = {m: StudentRun.load(r, device=cfg.train.device) for m, r in runs.items()}
     first = next(iter(gens.values()))
     device, meta = first.device, first.meta
@@ -199,13 +205,21 @@ def evaluate_students(runs: Mapping[str, str | Path], cfg: Config,
     domain, e = first.domain, cfg.eval
     teacher_rows = decoded(teacher_candidates(teacher, store), first.decode)
     full = teacher_rows[-1]
-    candidates = [*teacher_rows, *(c for g in gens.values()
-                                   for c in student_candidates(g, every_step_count=True))]
+    shown = {key: (names or {}).get(key) or student_name(g.cfg.model) for key, g in gens.items()}
+    students = {key: student_candidates(g, True, shown[key]) for key, g in gens.items()}
+    candidates = [*teacher_rows, *(c for cs in students.values() for c in cs)]
     reference = domain.reference(scored, source is not None, full.sample, None,
                                  first.sigma_max, first.num_classes, device)
     ev = evaluate(candidates, domain, first.noise(e.n, e.seed), first.labels(e.n, e.seed),
                   reference, scored, device=device, paired_with=full.name, extras=extras,
                   announce="bench")
+    keys = [key for key, cs in students.items() for _ in cs]
+    for row, key in zip(ev.rows[len(teacher_rows):], keys, strict=True):
+        row["student"] = key
+    about = {key: {"method": g.method, "name": shown[key], "w_adv": g.cfg.model.w_adv,
+                   "run": str(Path(runs[key]).resolve()), "train_seed": g.cfg.train.seed}
+             for key, g in gens.items()}
     return {"rows": ev.rows, "metric": domain.headline, "shape": list(first.shape),
             "data": source, "reference": ev.reference,
-            "settings": {**ev.settings, "train": dataclasses.asdict(cfg.train)}}
+            "settings": {**ev.settings, "train": dataclasses.asdict(cfg.train)},
+            "students": about}

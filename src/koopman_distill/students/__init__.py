@@ -22,9 +22,9 @@ from .kdm import KDM, latent_noise
 
 METHODS = ("kdm", *BASELINES)
 # ModelConfig fields that only weigh or perturb KDM's own losses: a baseline, sized to KDM's
-# sampling path, is the same model whatever they are
+# sampling path, is the same model whatever they are (w_adv and disc_channels act on all)
 KDM_LOSS_FIELDS = ("sigma_z", "sigma_z_schedule", "w_latent", "w_rec", "w_push", "w_inverse",
-                   "w_spectrum", "w_adv", "disc_channels")
+                   "w_spectrum")
 
 
 def build_student(cfg: ModelConfig, shape: Sequence[int], sigma_max: float,
@@ -42,7 +42,8 @@ def build_student(cfg: ModelConfig, shape: Sequence[int], sigma_max: float,
 
 
 def sampling_path_params(student: StudentModule) -> int:
-    """Parameters a student samples with: for KDM everything but E_0 and the critic."""
+    """Parameters a student samples with: all but its training-only ones (a critic; KDM's
+    E_0)."""
     return param_count(student, student.training_only)
 
 
@@ -51,12 +52,22 @@ def student_nfe(cfg: ModelConfig) -> int:
     return cfg.sample_steps if cfg.method == "rectified" else 1
 
 
-def student_label(method: str, steps: int = 1) -> str:
-    """Display name, e.g. ``KDM (1 step)``, ``rectified flow (4 steps)``."""
-    name = {"kdm": "KDM", "kd": "KD", "rectified": "rectified flow"}[method]
-    return f"{name} ({steps} step{'s' if steps > 1 else ''})"
+NAMES = {"kdm": "KDM", "kd": "KD", "rectified": "rectified flow"}
+
+
+def student_name(cfg: ModelConfig) -> str:
+    """Display name of the student of ``cfg``: ``KDM``, ``KD``, ``rectified flow``; a baseline
+    with the adversarial term (``w_adv`` > 0) adds `` + adv.``."""
+    name = NAMES[cfg.method]
+    return f"{name} + adv." if cfg.method != "kdm" and cfg.w_adv > 0 else name
+
+
+def student_label(method: str, steps: int = 1, name: str | None = None) -> str:
+    """Display name at ``steps`` steps, e.g. ``KDM (1 step)``, ``rectified flow (4 steps)``;
+    ``name`` replaces the method's (``KD + adv.``)."""
+    return f"{name or NAMES[method]} ({steps} step{'s' if steps > 1 else ''})"
 
 
 __all__ = ["KD", "KDM", "KDM_LOSS_FIELDS", "METHODS", "Adversarial", "RectifiedFlow",
            "StudentModule", "build_student", "latent_noise", "param_count",
-           "sampling_path_params", "student_label", "student_nfe"]
+           "sampling_path_params", "student_label", "student_name", "student_nfe"]

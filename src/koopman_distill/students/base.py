@@ -1,4 +1,5 @@
-"""What every student shares: its domain, labels, and one-step sampling."""
+"""What every student shares: its domain, labels, one-step sampling and the optional
+adversarial term (a critic C and its objective, :mod:`.adversarial`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from ..config import ModelConfig
 from ..domains import domain_for
 from ..errors import KDMError
 from ..labels import one_hot
-from ..protocols import Objective
+from ..protocols import Logs, Objective
+from .adversarial import Adversarial
 
 
 class StudentModule(nn.Module):
@@ -22,7 +24,8 @@ class StudentModule(nn.Module):
 
     sampling_steps: tuple[int, ...] = (1,)
     # parameter-name prefixes used only in training (not on the sampling path)
-    training_only: tuple[str, ...] = ()
+    training_only: tuple[str, ...] = ("critic.",)
+    adversarial: Adversarial | None = None  # the critic's objective, set by add_critic
 
     def __init__(self, shape: Sequence[int], cfg: ModelConfig, sigma_max: float,
                  num_classes: int = 0):
@@ -48,5 +51,22 @@ class StudentModule(nn.Module):
             raise KDMError(f"{type(self).__name__} samples in one step; got steps={steps}")
         return self(x_T, labels)
 
+    # -- the adversarial term ----------------------------------------------------------------
+    def add_critic(self) -> None:
+        """With ``cfg.w_adv > 0``, the domain's critic C (parameters ``critic.*``, training
+        only) and its objective. Subclasses call it after building their own networks, so that
+        those start from the same weights with and without a critic."""
+        self.critic = self.domain.critic(self.cfg) if self.cfg.w_adv > 0 else None
+        self.adversarial = Adversarial(self.critic) if self.critic is not None else None
+
+    def with_adversarial(self, loss: torch.Tensor, logs: Logs, x_hat: torch.Tensor
+                         ) -> tuple[torch.Tensor, Logs]:
+        """``loss + w_adv · BCE(C(x̂_0), 1)`` for the one-step outputs x̂_0 (B, *shape), with
+        the term logged as ``adv``; ``loss`` and ``logs`` unchanged without a critic."""
+        if self.adversarial is None:
+            return loss, logs
+        adv = self.adversarial.generator_loss(x_hat)
+        return loss + self.cfg.w_adv * adv, {**logs, "adv": adv.item()}
+
     def objectives(self) -> Sequence[Objective]:
-        return ()
+        return () if self.adversarial is None else (self.adversarial,)

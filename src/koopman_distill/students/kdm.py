@@ -36,9 +36,7 @@ from ..config import ModelConfig
 from ..models.koopman import koopman_spec
 from ..models.sampling_path import SamplingPath
 from ..models.spec import build, spec
-from ..protocols import Objective
 from ..training.rng import ExampleRNG
-from .adversarial import Adversarial
 from .base import StudentModule
 
 
@@ -52,7 +50,7 @@ def latent_noise(cfg: ModelConfig, progress: float) -> float:
 class KDM(SamplingPath, StudentModule):
     """KDM on examples of ``shape`` ((D,) or (C, R, R)); latents are (B, d)."""
 
-    training_only = ("E_0.", "critic.")
+    training_only = ("E_0.", *StudentModule.training_only)
     progress = 0.0  # the fraction of training done, set by the trainer before each step
 
     def __init__(self, shape: Sequence[int], cfg: ModelConfig, sigma_max: float = 1.0,
@@ -66,15 +64,11 @@ class KDM(SamplingPath, StudentModule):
         self.E_T, self.E_0, self.D = build(E_T), build(E_0), build(D)
         self.K = build(self.specs["K"])
         self.B = build(self.specs["B"]) if num_classes else None
-        self.critic = self.domain.critic(cfg) if cfg.w_adv > 0 else None
-        self.adversarial = Adversarial(self.critic) if self.critic is not None else None
+        self.add_critic()
         self._distance = self.domain.distance(cfg)  # last: LPIPS draws its random init
 
     def set_progress(self, fraction: float) -> None:
         self.progress = fraction
-
-    def objectives(self) -> Sequence[Objective]:
-        return () if self.adversarial is None else (self.adversarial,)
 
     def encode_clean(self, x_0: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """z_0 = E_0(x_0): (B, *shape) -> (B, d)."""
@@ -101,11 +95,10 @@ class KDM(SamplingPath, StudentModule):
                  "rec": self._distance(x_rec, x_0),
                  "push": self._distance(x_push, x_0)}
         weights = {"latent": cfg.w_latent, "rec": cfg.w_rec, "push": cfg.w_push,
-                   "inverse": cfg.w_inverse, "spectrum": cfg.w_spectrum, "adv": cfg.w_adv}
+                   "inverse": cfg.w_inverse, "spectrum": cfg.w_spectrum}
         terms.update(self.K.aux_losses())
-        if self.adversarial is not None:
-            terms["adv"] = self.adversarial.generator_loss(x_push)
         loss = sum(weights[k] * v for k, v in terms.items())
-        logs = {k: v.item() for k, v in terms.items()}
+        loss, logs = self.with_adversarial(loss, {k: v.item() for k, v in terms.items()},
+                                           x_push)
         logs["push_mse"] = (x_push.detach() - x_0).square().mean().item()
         return loss, logs
