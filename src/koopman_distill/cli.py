@@ -263,13 +263,13 @@ def cmd_pairs_make(args: argparse.Namespace) -> None:
     adapter = bool(sep) and not Path(args.teacher).exists()
     if adapter:  # kind:TARGET, a teacher of the user's
         cfg = _config(args, Config())
-        read = ("pairs", "train.device")
+        read = ("pairs", "train.device", "train.threads")
     else:
         cfg, meta = read_run(args.teacher)
         if meta["kind"] != "teacher":
             raise KDMError(f"{args.teacher} is a {meta['kind']!r} run, not a teacher")
         cfg = _config(args, cfg)
-        read = ("pairs", "teacher.steps", "teacher.sampler", "train.device")
+        read = ("pairs", "teacher.steps", "teacher.sampler", "train.device", "train.threads")
     # what make_pairs reads of the config; other settings would be silently ignored
     check_overrides_act(cfg, args.set or [], read, "kdm pairs")
     keys = override_keys(args.set or [])
