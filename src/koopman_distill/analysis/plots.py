@@ -426,9 +426,10 @@ def image_grids(panels: Mapping[str, Any], out_png: str | os.PathLike, nrow: int
 
 def quality_vs_nfe(series: Mapping[str, Sequence[tuple[int, float]]], metric: str,
                    out_png: str | os.PathLike, lower_is_better: bool = True,
-                   title: str | None = None) -> Path:
+                   title: str | None = None,
+                   x_label: str = "NFE (network evaluations per sample)") -> Path:
     """One line (or marker, for a single point) per method: ``series`` maps a method name to
-    (NFE, value) points; the NFE axis is logarithmic."""
+    (NFE, value) points (or other counts, named by ``x_label``); the x axis is logarithmic."""
     if not series or not any(series.values()):
         raise KDMError("quality_vs_nfe needs at least one (NFE, value) point")
     with matplotlib.rc_context(_STYLE):
@@ -441,7 +442,7 @@ def quality_vs_nfe(series: Mapping[str, Sequence[tuple[int, float]]], metric: st
         values = np.array([v for pts in series.values() for _, v in pts], dtype=np.float64)
         if values.min() > 0 and values.max() > 20 * values.min():  # a wide range: log scale
             ax.set_yscale("log")
-        ax.set_xlabel("NFE (network evaluations per sample)")
+        ax.set_xlabel(x_label)
         ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")
         ax.legend()
         if title:
