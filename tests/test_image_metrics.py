@@ -242,3 +242,75 @@ def test_classifier_on_digits_and_cache(tmp_path, one_thread, monkeypatch):
         load_or_train_classifier(tmp_path, x, y, 10, step=10)
     with pytest.raises(KDMError, match="labels must lie"):
         load_or_train_classifier(tmp_path, x, y, 5, **opts)
+
+
+# ------------------------------------------------------------------ more extractors in one pass
+class _Projection(torch.nn.Module):
+    """A stand-in for the trained classifier: a fixed random projection of the pixels."""
+
+    name, dim = "classifier", 12
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W = torch.nn.Parameter(torch.randn(64, self.dim, generator=torch.Generator()
+                                                .manual_seed(0)), requires_grad=False)
+        self.settings = {"extractor": "projection"}
+
+    def forward(self, x):
+        return x.flatten(1) @ self.W
+
+    def predict(self, x):
+        return (torch.as_tensor(x).flatten(1) @ self.W).argmax(1).numpy()
+
+
+def test_more_extractors_score_as_each_extractor_alone(monkeypatch):
+    """``eval.more_extractors`` adds ``fd_NAME``/``kid_NAME`` equal to what that extractor
+    scores as ``eval.extractor``, leaving the main ``fd``/``kid`` as they were."""
+    from koopman_distill.config import apply_overrides, preset
+    from koopman_distill.domains import images
+    from koopman_distill.evaluation.core import Reference
+
+    monkeypatch.setattr(images, "classifier_for", lambda cfg, progress=False: _Projection())
+    rng = np.random.default_rng(0)
+    ref = Reference(rng.uniform(-1, 1, (48, 1, 8, 8)).astype(np.float32), "real", data_name="r")
+    x = np.clip(ref.values[::-1] * 0.7 + 0.1, -1, 1).copy()
+    labels = torch.from_numpy(rng.integers(0, 12, 48))
+    dom, cpu = images.Images((1, 8, 8)), torch.device("cpu")
+    base = ["eval.kid_subset=16", "eval.effnet_resolution=32"]
+
+    def score(*sets):
+        cfg = apply_overrides(preset("digits8"), [*base, *sets])
+        s = dom.scorer(cfg, ref, labels, cpu)
+        return s.score(x, None), s.settings
+
+    clf, _ = score()
+    eff, eff_settings = score("eval.extractor=effnet")
+    both, settings = score("eval.more_extractors=effnet")
+    swapped, _ = score("eval.extractor=effnet", "eval.more_extractors=classifier")
+    assert clf["fd"] > 0 and eff["fd"] > 0 and clf["fd"] != pytest.approx(eff["fd"])
+    for got, main, more, name in ((both, clf, eff, "effnet"), (swapped, eff, clf, "classifier")):
+        assert got["fd"] == main["fd"] and got["kid"] == main["kid"]
+        assert got[f"fd_{name}"] == pytest.approx(more["fd"], rel=1e-9)
+        assert got[f"kid_{name}"] == pytest.approx(more["kid"], rel=1e-9)
+        assert got["class_accuracy"] == clf["class_accuracy"]
+    assert settings["more_extractor_settings"] == {"effnet": eff_settings["extractor_settings"]}
+    headers = [c.header for c in dom.table_columns({"more_extractors": ["effnet"]})]
+    assert headers == ["FD", "KID", "FD (effnet)", "KID (effnet)", "class acc.", "paired MSE"]
+    q = dom.quality_check({"fd": 2.0, "fd_effnet": 3.0}, {"fd": 4.0, "fd_effnet": 2.0})
+    assert q["kdm_fd_over_kd_fd"] == 0.5 and q["kdm_fd_over_kd_fd_effnet"] == 1.5
+    assert q["quality_check"].endswith("(target <= 0.6); under effnet: 1.500")
+    with pytest.raises(KDMError, match="repeats eval.extractor"):
+        score("eval.more_extractors=classifier")
+
+
+def test_more_extractors_setting_parses_and_checks():
+    from koopman_distill.config import Config, apply_overrides, preset
+
+    cfg = apply_overrides(preset("digits8"), ["eval.more_extractors=effnet, inception"])
+    assert cfg.eval.more_extractors == ["effnet", "inception"]
+    assert Config.from_dict(cfg.to_dict()).eval.more_extractors == ["effnet", "inception"]
+    assert apply_overrides(cfg, ["eval.more_extractors="]).eval.more_extractors == []
+    with pytest.raises(KDMError, match="eval.more_extractors must be one of classifier, effnet"):
+        apply_overrides(cfg, ["eval.more_extractors=vgg"])
+    with pytest.raises(KDMError, match="must be a list of strings"):
+        Config.from_dict({**cfg.to_dict(), "eval": {"more_extractors": "effnet"}})

@@ -47,7 +47,7 @@ from .demo import run_stage
 from .domains import domain_for
 from .errors import KDMError
 from .evaluation.extras import dataset_extras
-from .evaluation.runs import evaluate_students
+from .evaluation.runs import evaluate_students, result_columns
 from .evaluation.table import Column, fmt, markdown
 from .io import atomic_write, write_json
 from .protocols import Teacher
@@ -283,8 +283,7 @@ def _cell(column: Column, row: dict[str, Any], spread: dict[str, Any] | None) ->
 
 def bench_markdown(result: dict[str, Any]) -> str:
     """The result as a Markdown table plus the acceptance checks."""
-    extras = dataset_extras(result["data"])
-    columns = (*(extras.columns if extras else ()), *domain_for(result["shape"]).columns)
+    columns = result_columns(result)
     per_seed = result.get("per_seed", {})
     lines = [("method", "params", "NFE", *(c.header for c in columns), "train (s)",
               "samples/s", "x teacher")]

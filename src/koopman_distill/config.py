@@ -37,6 +37,7 @@ FRACTION = Check("in [0, 1)", lambda v: 0 <= v < 1)
 # Explicitly unchecked (seeds, free text, paths, real numbers of any sign); floats must still
 # be finite.
 ANY = Check("any value", lambda v: True)
+EXTRACTORS = ("classifier", "effnet", "inception")  # the image feature extractors
 
 
 def one_of(*choices: str) -> Check:
@@ -259,7 +260,9 @@ class EvalConfig:
     reference_seed: int = checked(54321, ANY)  # fresh teacher samples as the reference set
     projections: int = checked(512, POSITIVE)  # sliced Wasserstein directions
     energy_n: int = checked(5000, POSITIVE)  # subsample for the energy distance (O(n^2))
-    extractor: str = checked("classifier", one_of("classifier", "effnet", "inception"))
+    extractor: str = checked("classifier", one_of(*EXTRACTORS))
+    # images: more extractors scored beside eval.extractor, as fd_NAME and kid_NAME
+    more_extractors: list[str] = checked([], one_of(*EXTRACTORS))
     extractor_weights: str = checked("", ANY)  # inception: local FID Inception weights file
     # images: an .npz of precomputed reference mu and sigma (EDM / pytorch-fid layout); the
     # Fréchet distance is measured against it (and KID, which needs features, is not)
@@ -336,6 +339,9 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if tp == list[int] and not (isinstance(value, list) and all(
             type(v) is int for v in value)):
         raise KDMError(f"{where} must be a list of integers, got {value!r}")
+    if tp == list[str] and not (isinstance(value, list) and all(
+            type(v) is str for v in value)):
+        raise KDMError(f"{where} must be a list of strings, got {value!r}")
     return value
 
 
@@ -510,6 +516,8 @@ def _parse_value(text: str, tp: Any, key: str) -> Any:
         except ValueError:
             raise KDMError(f"{key} takes comma-separated integers, e.g. 1,2,2; got "
                            f"{text!r}") from None
+    if tp == list[str]:  # "a,b"; an empty string is the empty list
+        return [v.strip() for v in text.split(",") if v.strip()]
     if tp is bool:
         low = text.lower()
         if low in ("1", "true", "yes", "on"):

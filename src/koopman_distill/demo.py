@@ -14,10 +14,8 @@ from typing import Any
 
 from .api import make_pairs, read_run, resume_run, train_kdm, train_teacher
 from .config import Config
-from .domains import domain_for
 from .errors import KDMError
-from .evaluation.extras import dataset_extras
-from .evaluation.runs import evaluate_run
+from .evaluation.runs import evaluate_run, result_columns
 from .evaluation.table import markdown
 from .students import KDM_LOSS_FIELDS
 from .training.checkpoint import latest_checkpoint
@@ -97,8 +95,7 @@ def results_table(result: dict[str, Any]) -> str:
     """A Markdown table of the teacher and the student of an evaluation result, with the
     columns of its domain (and of its dataset's extras) and the stages' wall times."""
     timings = result.get("timings", {})
-    extras = dataset_extras(result.get("data"))
-    columns = (*(extras.columns if extras else ()), *domain_for(result["shape"]).columns)
+    columns = result_columns(result)
     rows = [("method", "NFE", *(c.header for c in columns), "samples/s", "train wall (s)")]
     for name, key, stage in (("teacher", "teacher", "teacher"), (None, "student", "kdm")):
         r = result.get(key)

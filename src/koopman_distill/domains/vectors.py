@@ -96,6 +96,10 @@ class Vectors:
                Column("paired sq. err", "paired_sq_error_per_sample", ".2e", se=True,
                       paired=True))
 
+    def table_columns(self, settings: Mapping[str, Any]) -> tuple[Column, ...]:
+        """The columns of a result: :attr:`columns`, whatever its ``settings``."""
+        return self.columns
+
     def memory_needed(self, ecfg: EvalConfig) -> int:
         """Rough bytes an evaluation of ``ecfg.n`` examples holds at once: noise, samples,
         teacher samples, reference, the user's data and training pairs with their float64

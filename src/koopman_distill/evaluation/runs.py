@@ -28,6 +28,7 @@ import torch
 from ..analysis import plots
 from ..api import StudentRun, data_source
 from ..config import Config, EvalConfig
+from ..domains import domain_for
 from ..errors import KDMError
 from ..io import write_json
 from ..models.koopman import spectra
@@ -38,6 +39,7 @@ from ..teachers import store_teacher
 from ..training.trainer import read_log
 from .core import Candidate, Shown, draw, evaluate
 from .extras import dataset_extras
+from .table import Column
 
 TEACHER_NFES = (1, 2, 4, 8, 16)  # the teacher's Euler rows in bench
 SOLVER_NAMES = {"ddim": "DDIM", "dpm++2m": "DPM++ 2M"}  # display names, else capitalised
@@ -47,6 +49,14 @@ def solver_name(method: str) -> str:
     """A sampler's display name: ``heun-karras`` -> ``Heun``, ``ddim`` -> ``DDIM``."""
     base = method.split("-")[0]
     return SOLVER_NAMES.get(base, base.capitalize())
+
+
+def result_columns(result: Mapping[str, Any]) -> tuple[Column, ...]:
+    """The metric columns of an evaluation or bench ``result``: its dataset's extras', then its
+    domain's for the settings it was measured with."""
+    extras = dataset_extras(result.get("data"))
+    return (*(extras.columns if extras else ()),
+            *domain_for(result["shape"]).table_columns(result.get("settings", {})))
 
 
 # -- candidates -----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import EXTRACTORS
 from ..errors import KDMError, first_line
 from ..io import atomic_write, sha256_file
 
@@ -717,9 +718,6 @@ def load_or_train_classifier(cache_dir: str | os.PathLike, images: np.ndarray | 
 # ---------------------------------------------------------------------------------------------
 # factory
 # ---------------------------------------------------------------------------------------------
-
-EXTRACTORS = ("inception", "effnet", "classifier")
-
 
 def build_extractor(name: str, weights: str | os.PathLike | None = None,
                     **opts: Any) -> FeatureExtractor:
