@@ -13,14 +13,16 @@ per table row separated by ``|``. ``cells`` is a template row, one entry per col
 from the row's object. Where the rows share no shape, give one ``row:`` line per table row
 instead, its entries read from the top of the JSON.
 
-An entry is ``-`` (a label column: free text, but never a bare number), a path, or
-``PATH / PATH`` (a ratio, e.g. a speed-up). A path's parts are separated by dots: object keys
-(a key may hold dots or spaces; ``*`` matches within one key, which must then be the only
-match), list indices, and a leading ``$.`` that starts from the top of the JSON. A number in a
-cell must equal the JSON's value rounded as displayed: within half a unit of its last digit
-(``1,106`` for 1105.64, ``0.9587``, ``2.0e-8``, ``18.6x``, ``95.9%`` for 0.959; ``**`` and
-backticks are ignored). ``-`` in a mapped cell says the JSON has no value there (missing, null
-or NaN). A JSON string must equal the cell's text, a boolean reads ``yes`` or ``no``.
+An entry is ``-`` (a label column: free text, but never a bare number), a path,
+``PATH / PATH`` (a ratio, e.g. a speed-up), or ``ENTRY ± ENTRY`` (a value and its spread,
+e.g. a mean over seeds and its standard deviation, shown as ``12.3 ± 0.4``). A path's parts
+are separated by dots: object keys (a key may hold dots or spaces; ``*`` matches within one
+key, which must then be the only match), list indices, and a leading ``$.`` that starts from
+the top of the JSON. A number in a cell must equal the JSON's value rounded as displayed:
+within half a unit of its last digit (``1,106`` for 1105.64, ``0.9587``, ``2.0e-8``,
+``18.6x``, ``95.9%`` for 0.959; ``**`` and backticks are ignored). ``-`` in a mapped cell says
+the JSON has no value there (missing, null or NaN). A JSON string must equal the cell's
+text, a boolean reads ``yes`` or ``no``.
 
 Every table that holds a bare number in a cell is a results table and needs a marker, and
 every file under docs/results is named somewhere in the page.
@@ -221,9 +223,16 @@ def check_table(table: Table, data: Any) -> list[str]:
                 if NUMBER.fullmatch(plain(cell)):
                     problems.append(f"row {r}, {head!r}: a bare number in a label column")
                 continue
-            why = check_cell(cell, value(entry, obj, data))
-            if why:
-                problems.append(f"row {r}, {head!r} ({entry}): {why}")
+            parts = entry.split(" ± ")
+            shown = cell.split("±") if len(parts) > 1 else [cell]
+            if len(shown) != len(parts):
+                problems.append(f"row {r}, {head!r} ({entry}): shows {plain(cell)!r}, not "
+                                "VALUE ± SPREAD")
+                continue
+            for c, e in zip(shown, parts, strict=True):
+                why = check_cell(c, value(e.strip(), obj, data))
+                if why:
+                    problems.append(f"row {r}, {head!r} ({entry}): {why}")
     return problems
 
 
@@ -282,6 +291,7 @@ RESULT = {"date": "2026-12-02",
                     "samples_per_s": 1105.64, "err": 2.04e-8, "ok": True},
                    {"name": "KDM (1 step)", "nfe": 1, "inside": 0.95871, "samples_per_s": 8457.6,
                     "err": None, "ok": False}],
+          "per_seed": {"KDM (1 step)": {"fd": {"mean": 12.34, "std": 0.456}}},
           "speed": {"0.1": 3.0, "teacher (heun x18, NFE 35)": 46.27,
                     "KDM, PyTorch fp32": 858.75}}
 TABLE = """intro
@@ -314,10 +324,25 @@ row: - | speed.teacher* | speed.KDM, PyTorch fp32 / speed.teacher* | rows.1.insi
 """
 
 
+SPREAD = """<!-- table: results/r.json
+row: - | per_seed.KDM (1 step).fd.mean ± per_seed.KDM (1 step).fd.std
+-->
+| | FD |
+|---|---:|
+| KDM | 12.3 ± 0.46 |
+"""
+
+
 def test_a_table_that_equals_its_json_passes(root):
     assert check_page(TABLE, root) == []
     assert check_page(BY_ROW, root) == []
     assert check_page(BY_ROW.replace("18.6x", "18.5x"), root)
+    assert check_page(SPREAD, root) == []
+    for wrong, says in (("12.3 ± 0.47", "shows 0.47"), ("12.4 ± 0.46", "shows 12.4"),
+                        ("| 12.3 |", "not VALUE ± SPREAD")):
+        problems = check_page(SPREAD.replace("| 12.3 ± 0.46 |", wrong if "|" in wrong
+                                             else f"| {wrong} |"), root)
+        assert problems and says in "\n".join(problems), problems
 
 
 @pytest.mark.parametrize("old, new, says", [
