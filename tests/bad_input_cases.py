@@ -211,6 +211,14 @@ def _sample(run: Callable[[Workspace], Path], *extra: str) -> Callable[[Workspac
     return lambda w: ["sample", run(w), "--n", "5", "--out", w.p("out.npy"), *extra]
 
 
+def _scored(folder: Callable[[Workspace], object], out: bool = False
+            ) -> Callable[[Workspace], list]:
+    """``kdm eval --samples-dir FOLDER`` against digits8's real images (``--out`` in the
+    workspace when ``out``)."""
+    return lambda w: ["eval", "--samples-dir", folder(w), "--preset", "digits8",
+                      *(["--out", w.p("e")] if out else [])]
+
+
 def _noise(make: Callable[[Workspace], Path]) -> Callable[[Workspace], list]:
     return lambda w: ["sample", w.run, "--noise", make(w), "--out", w.p("out.npy")]
 
@@ -729,33 +737,28 @@ CASES: list[Case] = [
     Case("--png-dir is a file", lambda w: [
         "sample", w.run, "--n", "5", "--png-dir", w.raw("f", b"mine")],
         "is a file; give a new folder"),
-    Case("eval --samples-dir of no folder", lambda w: [
-        "eval", "--samples-dir", w.p("none"), "--preset", "digits8"],
+    Case("eval --samples-dir of no folder", _scored(lambda w: w.p("none")),
         "is not a folder; give a folder of PNG images"),
-    Case("eval --samples-dir with no images", lambda w: [
-        "eval", "--samples-dir", _mkdir(w.p("empty")), "--preset", "digits8"],
+    Case("eval --samples-dir with no images", _scored(lambda w: _mkdir(w.p("empty"))),
         "holds no .png files"),
-    Case("eval --samples-dir of mixed sizes", lambda w: [
-        "eval", "--samples-dir", _pngs(w, "mixed", (8, 8), (8, 8), (16, 16)), "--preset",
-        "digits8", "--out", w.p("e")], "mixes image sizes: 000000.png is 8x8 grey but "
-        "000002.png is 16x16 grey"),
-    Case("eval --samples-dir of grey and RGB", lambda w: [
-        "eval", "--samples-dir", _pngs(w, "mixed", (8, 8), (8, 8, 3)), "--preset", "digits8"],
+    Case("eval --samples-dir of mixed sizes", _scored(
+        lambda w: _pngs(w, "mixed", (8, 8), (8, 8), (16, 16)), out=True),
+        "mixes image sizes: 000000.png is 8x8 grey but 000002.png is 16x16 grey"),
+    Case("eval --samples-dir of grey and RGB", _scored(
+        lambda w: _pngs(w, "mixed", (8, 8), (8, 8, 3))),
         "000001.png is 8x8 RGB"),
-    Case("eval --samples-dir, a .png that is not one", lambda w: [
-        "eval", "--samples-dir", (w.raw("x.png", b"mine"), w.dir)[1], "--preset", "digits8"],
+    Case("eval --samples-dir, a .png that is not one", _scored(
+        lambda w: (w.raw("x.png", b"mine"), w.dir)[1]),
         "cannot read"),
     Case("eval --samples-dir without a reference", lambda w: [
         "eval", "--samples-dir", _pngs(w, "png", (8, 8))],
         "a folder of PNGs is scored against real images or statistics"),
-    Case("eval --samples-dir against real images of another size", lambda w: [
-        "eval", "--samples-dir", _pngs(w, "png", (16, 16)), "--preset", "digits8",
-        "--out", w.p("e")], "the samples are 16x16 with 1 channel but the reference images "
-        "are 8x8"),
-    Case("eval --samples-dir with labels.npy of another count", lambda w: [
-        "eval", "--samples-dir", (np.save(_pngs(w, "png", (8, 8)) / "labels.npy",
-                                          np.zeros(3, np.int64)), w.p("png"))[1],
-        "--preset", "digits8"], "holds 3 labels for 1 PNGs"),
+    Case("eval --samples-dir against real images of another size", _scored(
+        lambda w: _pngs(w, "png", (16, 16)), out=True),
+        "the samples are 16x16 with 1 channel but the reference images are 8x8"),
+    Case("eval --samples-dir with labels.npy of another count", _scored(
+        lambda w: (np.save(_pngs(w, "png", (8, 8)) / "labels.npy", np.zeros(3, np.int64)),
+                   w.p("png"))[1]), "holds 3 labels for 1 PNGs"),
     Case("eval of a run and --samples-dir", lambda w: [
         "eval", w.run, "--samples-dir", _pngs(w, "png", (8, 8))],
         "not RUN and --samples-dir"),

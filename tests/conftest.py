@@ -65,6 +65,18 @@ def make_tiny(root: Path) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def digits8(tmp_path_factory):
+    """A folder holding a class-conditional digits8 pipeline (:func:`make_digits8`), with the
+    module's own evaluation cache (``KDM_CACHE``) in it."""
+    root = tmp_path_factory.mktemp("digits8")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KDM_CACHE", str(root / "cache"))
+    make_digits8(root)
+    yield root
+    mp.undo()
+
+
 def make_digits8(root: Path) -> Path:
     """A class-conditional digits8 pipeline under ``root`` (teacher ``t``, pairs ``p``, KDM
     ``k``, no periodic evaluation); returns the KDM run."""

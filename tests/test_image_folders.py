@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import kdm, kdm_run, make_digits8, read_json
+from conftest import kdm, kdm_run, read_json
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -26,18 +26,13 @@ from koopman_distill.training.checkpoint import latest_checkpoint
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(digits8):
     """A class-conditional digits8 KDM and its direct evaluation."""
-    root = tmp_path_factory.mktemp("folders")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("KDM_CACHE", str(root / "cache"))
-    make_digits8(root)
-    assert kdm("eval", root / "k", "--out", root / "direct", "--no-plots") == 0
+    assert kdm("eval", digits8 / "k", "--out", digits8 / "direct", "--no-plots") == 0
     e = preset("digits8").eval  # the evaluation's noise and labels, as PNGs and as floats
-    assert kdm("sample", root / "k", "--n", e.n, "--seed", e.seed, "--png-dir", root / "png",
-               "--out", root / "s.npy") == 0
-    yield root
-    mp.undo()
+    assert kdm("sample", digits8 / "k", "--n", e.n, "--seed", e.seed, "--png-dir",
+               digits8 / "png", "--out", digits8 / "s.npy") == 0
+    return digits8
 
 
 def test_pngs_round_trip_with_edm_rounding(tmp_path) -> None:
@@ -148,6 +143,25 @@ def test_png_folder_failures_leave_nothing(run, tmp_path) -> None:
         "000000.png", "000001.png", "000002.png", "labels.npy"]
     r = kdm_run("sample", bad, "--n", 5, "--png-dir", tmp_path / "png", "--force")
     assert r.returncode == 2 and len(list((tmp_path / "png").iterdir())) == 4  # kept
+
+
+def test_with_both_outputs_a_failed_folder_leaves_no_npy(run, tmp_path, monkeypatch) -> None:
+    """--out with --png-dir: when the folder cannot be put in place, the .npy is not either."""
+    import os
+
+    rename = os.rename
+
+    def no_png_rename(src, dst):
+        if os.path.basename(dst) == "png":
+            raise PermissionError(13, "Permission denied")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", no_png_rename)
+    r = kdm_run("sample", run / "k", "--n", 3, "--png-dir", tmp_path / "png", "--out",
+                tmp_path / "s.npy")
+    monkeypatch.undo()
+    assert r.returncode == 2 and "Permission denied" in r.stderr, r.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_examples_folders_are_still_resized_one_by_one(tmp_path) -> None:

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import kdm, kdm_run, make_digits8, read_json
+from conftest import kdm, kdm_run, read_json
 
 from koopman_distill.errors import KDMError
 from koopman_distill.metrics.images import frechet_distance
@@ -10,13 +10,8 @@ from koopman_distill.metrics.reference_stats import read_stats, write_stats
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stats")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("KDM_CACHE", str(root / "cache"))
-    make_digits8(root)
-    yield root
-    mp.undo()
+def run(digits8):
+    return digits8
 
 
 def test_fid_stats_read_back_give_the_fd_of_the_images(run) -> None:

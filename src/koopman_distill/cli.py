@@ -109,10 +109,16 @@ def _output_file(path: str, suffix: str, flag: str, force: bool,
             raise KDMError(f"{flag} {path} is the {name} file {other}; write to another file")
     if out.is_dir():
         raise KDMError(f"{flag} {path} is a directory; give a file name ending in {suffix}")
+    return _replaceable(out, flag, force)
+
+
+def _replaceable(out: Path, flag: str, force: bool) -> Path:
+    """``out`` where it replaces an existing output only with ``--force`` and its parent can
+    be written."""
     if out.exists() and not force:
-        raise KDMError(f"{flag} {path} already exists; add --force to replace it, or pick "
+        raise KDMError(f"{flag} {out} already exists; add --force to replace it, or pick "
                        f"another {flag}")
-    _check_writable(out.parent, flag, path)
+    _check_writable(out.parent, flag, str(out))
     return out
 
 
@@ -159,7 +165,8 @@ def _write_samples(chunks: Iterator[np.ndarray], shape: tuple[int, ...], n: int,
     replaced only when ``replace``), with a progress bar on a terminal if ``progress``. Rows
     with NaN/inf are an error; ``then(first 100 rows)`` runs before anything is put in place.
     On any failure or interrupt nothing is left: no file, no folder, no temp file, no new
-    directory."""
+    directory (with both outputs the folder is renamed into place just before the ``.npy``,
+    so only a failure of that last rename leaves the folder alone)."""
     from .io import atomic_directory
 
     def stream(sinks: list[Sink]) -> None:
@@ -176,36 +183,36 @@ def _write_samples(chunks: Iterator[np.ndarray], shape: tuple[int, ...], n: int,
         if then is not None:
             then(np.concatenate(head))
 
-    def to_npy(sinks: list[Sink]) -> None:
-        if out is None:
+    def to_pngs(sinks: list[Sink]) -> None:
+        if png_dir is None:
             stream(sinks)
             return
+        from .data.folders import write_labels, write_pngs
 
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                f.write(_npy_header((n, *shape)))
-                stream([*sinks, lambda c, _: f.write(np.ascontiguousarray(c, "<f4").tobytes())])
+        def fill(tmp: Path) -> None:
+            stream([*sinks, lambda c, start: write_pngs(c, tmp, start, n)])
+            if labels is not None:
+                write_labels(labels, tmp)
 
-        made = [d for d in [out.parent, *out.parent.parents] if not d.exists()]
-        try:
-            atomic_write(out, write)
-        except BaseException:
-            for d in made:  # deepest first; only what this call made, and only if empty
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            raise
+        atomic_directory(png_dir, fill, replace=replace)
 
-    if png_dir is None:
-        to_npy([])
+    if out is None:
+        to_pngs([])
         return
-    from .data.folders import write_labels, write_pngs
 
-    def fill(tmp: Path) -> None:
-        to_npy([lambda c, start: write_pngs(c, tmp, start, n)])
-        if labels is not None:
-            write_labels(labels, tmp)
+    def write(tmp: str) -> None:  # the folder goes in place first, the .npy last
+        with open(tmp, "wb") as f:
+            f.write(_npy_header((n, *shape)))
+            to_pngs([lambda c, _: f.write(np.ascontiguousarray(c, "<f4").tobytes())])
 
-    atomic_directory(png_dir, fill, replace=replace)
+    made = [d for d in [out.parent, *out.parent.parents] if not d.exists()]
+    try:
+        atomic_write(out, write)
+    except BaseException:
+        for d in made:  # deepest first; only what this call made, and only if empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 def _count(text: str) -> int:
@@ -412,11 +419,7 @@ def _output_folder(path: str, flag: str, force: bool) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise KDMError(f"{flag} {path} is a file; give a new folder")
-    if out.exists() and not force:
-        raise KDMError(f"{flag} {path} already exists; add --force to replace it, or pick "
-                       f"another {flag}")
-    _check_writable(out.parent, flag, path)
-    return out
+    return _replaceable(out, flag, force)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
