@@ -361,9 +361,10 @@ def extractor_for(cfg: Config, data_known: bool, name: str | None = None) -> Any
     name = name or e.extractor
     if name == "classifier":
         if not data_known:
-            raise KDMError("the classifier extractor is trained on the teacher's data, which "
-                           "this run does not record (a teacher not trained here): use "
-                           "--set eval.extractor=effnet or inception")
+            key = "eval.extractor" if name == e.extractor else "eval.more_extractors"
+            raise KDMError(f"{key}=classifier is trained on the teacher's data, which this run "
+                           "does not record (a teacher not trained here): use --set "
+                           f"{key}=effnet or inception")
         return classifier_for(cfg, progress=cfg.train.progress)
     if name == "effnet":
         return build_extractor(name, resolution=e.effnet_resolution)
