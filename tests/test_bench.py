@@ -169,9 +169,15 @@ def test_seeds_and_adversarial_variants(tmp_path, capsys):
     compared = [(c["compares"], c["like_for_like"]) for c in res["checks"]["quality_comparisons"]]
     assert compared == [(["KDM (1 step)", "KD + adv. (1 step)"], True),
                         (["KDM, no adv. (1 step)", "KD (1 step)"], True)]
+    for c in res["checks"]["quality_comparisons"]:  # seed by seed: KDM and KD of one seed
+        kdm_, kd_ = (res["per_seed"][n]["inside_fraction"]["values"] for n in c["compares"])
+        gaps = c["per_seed"]["kdm_inside_minus_kd_inside"]
+        assert gaps["values"] == pytest.approx(np.subtract(kdm_, kd_).tolist(), abs=1e-12)
+        assert gaps["mean"] == pytest.approx(c["kdm_inside_minus_kd_inside"], abs=1e-12)
     md = (out / "bench.md").read_text()
     assert "seeds 0, 1" in md and " ± " in md and "| KD + adv. (1 step)" in md
     assert "KDM, no adv. (1 step) vs KD (1 step) (like for like)" in md
+    assert "; per seed kdm_inside_minus_kd_inside " in md
 
     # a baseline run of an earlier format recorded the preset's w_adv but had no critic
     meta = json.loads((out / "kd" / "run.json").read_text())

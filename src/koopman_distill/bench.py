@@ -244,6 +244,7 @@ def checks(result: dict[str, Any]) -> dict[str, Any]:
     adv = {k: students[k]["w_adv"] > 0 for k in (*kdms, *kds)}
     pairs = [(a, b) for a in kdms for b in kds if adv[a] == adv[b]] or [(kdms[0], kds[0])]
     judge = dataset_extras(result["data"]) or domain_for(result["shape"])
+    per_seed = result.get("per_seed", {})
     comparisons = []
     for a, b in pairs:
         same = adv[a] == adv[b]
@@ -253,11 +254,22 @@ def checks(result: dict[str, Any]) -> dict[str, Any]:
         comparisons.append({**q, "compares": [one[a]["name"], one[b]["name"]],
                             "like_for_like": same, "quality_check":
                             f"{one[a]['name']} vs {one[b]['name']} ({how}): {q['quality_check']}"})
+        if per_seed:  # the same comparison seed by seed: KDM and KD of one train seed
+            qs = [judge.quality_check(*(_seed_row(per_seed[one[k]["name"]], i) for k in (a, b)))
+                  for i in range(len(per_seed[one[a]["name"]]["train_seeds"]))]
+            comparisons[-1]["per_seed"] = {
+                k: spread([x[k] for x in qs]) for k, v in qs[0].items()
+                if isinstance(v, float)}
     out: dict[str, Any] = {"kdm_speedup_vs_teacher": one[kdms[0]]["speedup_vs_teacher"]}
     out["speed_target_met"] = out["kdm_speedup_vs_teacher"] >= 10
     out.update(comparisons[0])
     out["quality_comparisons"] = comparisons
     return out
+
+
+def _seed_row(spreads: dict[str, Any], i: int) -> dict[str, Any]:
+    """Seed ``i``'s values of a row's ``per_seed`` entry."""
+    return {k: f["values"][i] for k, f in spreads.items() if k != "train_seeds"}
 
 
 # -- reports -------------------------------------------------------------------------------------
@@ -294,6 +306,8 @@ def bench_markdown(result: dict[str, Any]) -> str:
                       f"{r['speedup_vs_teacher']:.1f}"))
     c = result["checks"]
     verdict = [f"- quality: {q['quality_check']}: {'met' if q['quality_target_met'] else 'MISSED'}"
+               + "".join(f"; per seed {k} {f['min']:.4g} to {f['max']:.4g}"
+                         for k, f in q.get("per_seed", {}).items())
                for q in c["quality_comparisons"]]
     verdict.append(f"- speed: KDM one-step throughput = {c['kdm_speedup_vs_teacher']:.1f}x the "
                    f"teacher's at full NFE (target >= 10): "
