@@ -10,7 +10,9 @@ kind of model a user brings to koopman-distill:
         --n 5000 --set pairs.solver=ddim --set pairs.steps=20 --set pairs.batch_size=500
 
 The digits (1,797 images, bundled with scikit-learn, nothing downloaded) are scaled to
-[-1, 1], one channel. Seeded: the same command writes the same weights on the same machine.
+[-1, 1], one channel. Seeded: the same command writes the same weights on the same machine
+when nothing else runs (beside other processes it uses fewer threads, which changes the last
+bits; see koopman_distill.threads).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from sklearn.datasets import load_digits
 from tqdm import tqdm
+
+from koopman_distill.threads import cpu_threads
 
 
 def digits() -> torch.Tensor:
@@ -49,17 +53,19 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps)
     g = torch.Generator().manual_seed(args.seed)
-    for _ in tqdm(range(args.steps), desc="ddpm"):
-        batch = x[torch.randint(0, len(x), (args.batch_size,), generator=g)]
-        noise = torch.randn(batch.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=g)
-        loss = torch.nn.functional.mse_loss(model(scheduler.add_noise(batch, noise, t),
-                                                  t).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+    with cpu_threads(0) as threads:  # fewer threads while other processes want the cores
+        for _ in tqdm(range(args.steps), desc="ddpm"):
+            threads.apply()
+            batch = x[torch.randint(0, len(x), (args.batch_size,), generator=g)]
+            noise = torch.randn(batch.shape, generator=g)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=g)
+            loss = torch.nn.functional.mse_loss(model(scheduler.add_noise(batch, noise, t),
+                                                      t).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
     out = Path(args.out)
     DDPMPipeline(unet=model.eval(), scheduler=scheduler).save_pretrained(out)
     print(f"saved the pipeline to {out} (last loss {loss.item():.4f})")
