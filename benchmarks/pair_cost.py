@@ -38,6 +38,7 @@ from koopman_distill.cli import main as kdm
 from koopman_distill.config import PairsConfig
 from koopman_distill.io import read_json
 from koopman_distill.teachers import DiffusersTeacher
+from koopman_distill.threads import cpu_threads
 from koopman_distill.training.checkpoint import latest_checkpoint
 
 # The digits example's student budget and evaluation (docs/benchmarks.md, "A diffusers teacher")
@@ -103,7 +104,7 @@ def timing(args: argparse.Namespace, samplers: list[tuple[str, int]]) -> dict:
     first = next(iter(teachers.values()))
     g = torch.Generator().manual_seed(0)
     noise = first.sigma_max * torch.randn(args.batch_size, *first.shape, generator=g)
-    with torch.no_grad():
+    with torch.no_grad(), cpu_threads(0, every_module_call=True):  # no cliff beside others
         exact = {s: first.sample(noise, solver=s, steps=args.exact_steps)
                  for s in {s for s, _ in samplers}}
         outputs = {s: t.sample(noise) for s, t in teachers.items()}  # also the warm-up
@@ -150,6 +151,7 @@ def main() -> None:
         result = {"command": " ".join(sys.argv), "teacher": str(Path(args.teacher).resolve()),
                   "n_pairs": args.n, "preset": args.preset, "train": [*TRAIN, *args.set],
                   "eval": [*EVAL, *args.eval_set], "rows": rows}
+        path.write_text(json.dumps(result, indent=1) + "\n")  # the times are added next
     measured = timing(args, samplers)
     for key, t in measured.items():
         result["rows"][key].update(t)
