@@ -33,13 +33,12 @@ import time
 from pathlib import Path
 
 import torch
+from stages import run, train
 
-from koopman_distill.cli import main as kdm
 from koopman_distill.config import PairsConfig
 from koopman_distill.io import read_json
 from koopman_distill.teachers import DiffusersTeacher
 from koopman_distill.threads import cpu_threads
-from koopman_distill.training.checkpoint import latest_checkpoint
 
 # The digits example's student budget and evaluation (docs/benchmarks.md, "A diffusers teacher")
 TRAIN = ["train.steps=1500", "train.batch_size=64", "train.eval_every=0", "train.ckpt_every=500",
@@ -49,11 +48,6 @@ EVAL = ["eval.n=2000", "eval.extractor=effnet", "eval.effnet_resolution=64",
         "eval.batch_size=250"]
 
 
-def run(*args: object) -> None:
-    if kdm([str(a) for a in args]) != 0:
-        raise SystemExit(f"kdm {' '.join(map(str, args))} failed")
-
-
 def grid(items: list[str]) -> list[tuple[str, int]]:
     """``["ddim=5,10", "heun=10"]`` -> ``[("ddim", 5), ("ddim", 10), ("heun", 10)]``."""
     out = []
@@ -61,13 +55,6 @@ def grid(items: list[str]) -> list[tuple[str, int]]:
         solver, _, steps = item.partition("=")
         out += [(solver, int(s)) for s in steps.split(",")]
     return out
-
-
-def finished(run_dir: Path) -> bool:
-    """Whether a run has its last checkpoint (``train.steps``)."""
-    ckpt = latest_checkpoint(run_dir)
-    return ckpt is not None and int(ckpt.name.split("-")[1]) >= read_json(
-        run_dir / "config.json")["train"]["steps"]
 
 
 def distilled(args: argparse.Namespace, out: Path, solver: str, steps: int) -> dict:
@@ -82,11 +69,8 @@ def distilled(args: argparse.Namespace, out: Path, solver: str, steps: int) -> d
             "--n", args.n, "--set", f"pairs.solver={solver}", "--set", f"pairs.steps={steps}",
             "--set", f"pairs.batch_size={args.batch_size}", "--set", "pairs.shard_size=1000")
         wall.write_text(f"{time.perf_counter() - start:.3f}\n")
-    if not (student / "run.json").exists():
-        run("train", "--preset", args.preset, "--pairs", pairs, "--out", student,
-            *(a for s in [*TRAIN, *args.set] for a in ("--set", s)))
-    elif not finished(student):
-        run("train", "--resume", student)
+    train(student, "--preset", args.preset, "--pairs", pairs,
+          *(a for s in [*TRAIN, *args.set] for a in ("--set", s)))
     if not (ev / "eval.json").exists():
         run("eval", student, "--no-plots", "--out", ev,
             *(a for s in [*EVAL, *args.eval_set] for a in ("--set", s)))

@@ -20,18 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from stages import run, train
+
 from koopman_distill.analysis import plots
-from koopman_distill.cli import main as kdm
 from koopman_distill.config import preset
 from koopman_distill.domains import domain_for
 from koopman_distill.io import read_json
 
 METHODS = ("kdm", "kd")
-
-
-def run(*args: object) -> None:
-    if kdm([str(a) for a in args]) != 0:
-        raise SystemExit(f"kdm {' '.join(map(str, args))} failed")
 
 
 def main() -> None:
@@ -52,11 +48,9 @@ def main() -> None:
         for method in METHODS:
             student, ev = out / f"{method}-{n}", out / f"{method}-{n}-eval"
             if not (student / "run.json").exists() or not (ev / "eval.json").exists():
-                extra = [a for s in args.set for a in ("--set", s)]
-                if not (student / "checkpoints").exists():
-                    run("train", "--preset", args.preset, "--pairs", pairs, "--out", student,
-                        "--set", f"model.method={method}", "--set", "train.progress=false",
-                        *extra)
+                train(student, "--preset", args.preset, "--pairs", pairs,
+                      "--set", f"model.method={method}", "--set", "train.progress=false",
+                      *(a for s in args.set for a in ("--set", s)))
                 run("eval", student, "--no-plots", "--out", ev, "--force")
             result = read_json(ev / "eval.json")
             rows.append({"method": method, "pairs": n, "student": result["student"],

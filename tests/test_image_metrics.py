@@ -314,3 +314,9 @@ def test_more_extractors_setting_parses_and_checks():
         apply_overrides(cfg, ["eval.more_extractors=vgg"])
     with pytest.raises(KDMError, match="must be a list of strings"):
         Config.from_dict({**cfg.to_dict(), "eval": {"more_extractors": "effnet"}})
+    from koopman_distill.domains.images import extractor_for
+
+    weights = apply_overrides(preset("digits8"), ["eval.extractor=effnet",
+                                                  "eval.extractor_weights=pt_inception.pth"])
+    with pytest.raises(KDMError, match="extractor_weights is the FID Inception's weights file"):
+        extractor_for(weights, True)

@@ -18,7 +18,7 @@ from .errors import KDMError
 from .evaluation.runs import evaluate_run, result_columns
 from .evaluation.table import markdown
 from .students import KDM_LOSS_FIELDS
-from .training.checkpoint import latest_checkpoint
+from .training.checkpoint import latest_checkpoint, step_of
 
 # The config sections that decide a stage's result: other settings (evaluation, say) may
 # change between runs without invalidating it, and so may the trainer's bookkeeping fields.
@@ -55,7 +55,7 @@ def _finished(run: Path, want: Config) -> bool:
                        f"({changes}); pick another --out or delete it")
     steps = cfg.teacher_train.steps if meta["kind"] == "teacher" else cfg.train.steps
     ckpt = latest_checkpoint(run)
-    return ckpt is not None and int(ckpt.name.split("-")[1]) >= steps
+    return ckpt is not None and step_of(ckpt) >= steps
 
 
 def run_stage(name: str, run: Path, cfg: Config, start: Any, timings: dict[str, float]) -> None:

@@ -359,6 +359,9 @@ def extractor_for(cfg: Config, data_known: bool, name: str | None = None) -> Any
 
     e = cfg.eval
     name = name or e.extractor
+    if e.extractor_weights and "inception" not in (e.extractor, *e.more_extractors):
+        raise KDMError(f"eval.extractor_weights is the FID Inception's weights file; it does not "
+                       f"apply to eval.extractor={e.extractor}: drop it")
     if name == "classifier":
         if not data_known:
             key = "eval.extractor" if name == e.extractor else "eval.more_extractors"
