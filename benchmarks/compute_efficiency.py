@@ -1,10 +1,11 @@
 """Quality against training steps, from the periodic evaluation every run's trainer logged.
 
 At every ``train.eval_every`` steps the trainer scores the EMA student: its error on the
-first training pairs (``eval/pair_mse``) and, where the data has its own metrics, those on
-``min(eval.n, 5000)`` noise draws from ``eval.seed`` (the checkerboard's inside rate,
-``eval/inside``): the same held-out noise for every run with the same eval settings, so the
-runs' curves compare at every step. Reads each run's ``log.jsonl``; writes
+first training pairs (``eval/pair_mse``) and, on the first ``min(eval.n, 5000)`` noise draws
+of ``kdm eval`` (``eval.seed``), the suite's held-out quality (images of a dataset trained
+here: ``eval/fd``, ``eval/kid``, ``eval/class_accuracy``; the checkerboard: ``eval/inside``):
+the same held-out noise for every run with the same eval settings, so the runs' curves compare
+at every step. Reads each run's ``log.jsonl``; writes
 ``OUT/compute_efficiency.json`` and ``OUT/compute_efficiency.png`` and prints a markdown table.
 
     python benchmarks/compute_efficiency.py --run KDM=runs/pe/kdm-20000 \\

@@ -23,6 +23,7 @@ import torch
 from .config import Config, apply_overrides
 from .domains import Domain, domain_for
 from .errors import KDMError, warn
+from .evaluation.core import draw
 from .evaluation.extras import dataset_extras
 from .io import read_json, remove_temp_files, write_json
 from .labels import check_labels
@@ -30,7 +31,7 @@ from .pairs import PairStore, write_pairs
 from .pairs.store import draw_noise
 from .protocols import Decoder, Sampler, Teacher
 from .runs import RUN_FORMAT, read_run
-from .seeded import SeededDraws, block_spans, fill_noise
+from .seeded import SeededDraws, block_spans, fill_noise, seeded_labels
 from .students import (
     build_student,
     sampling_path_params,
@@ -335,22 +336,34 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
     # the first pairs, scored in training: at least 256, and 4096 numbers
     probe_rows = min(len(data), max(256, 4096 // math.prod(meta["shape"])))
     probe = {k: v.to(device) for k, v in data.rows(torch.arange(probe_rows)).items()}
-    # the dataset's own metrics (the checkerboard's inside rate) of samples from fresh noise
-    extras = dataset_extras(data_source(cfg, meta))
-    g = torch.Generator().manual_seed(cfg.eval.seed)
-    probe_noise = (meta["sigma_max"] * torch.randn(min(cfg.eval.n, 5000), *meta["shape"],
-                                                    generator=g).to(device)
-                   if extras is not None else None)
+    # Held-out quality of samples from the first min(eval.n, 5000) noise draws (and labels)
+    # of ``kdm eval``: the domain's (images: FD, KID, class accuracy against the real images)
+    # and the dataset's extras (the checkerboard's inside rate). Built at the first evaluation.
+    source = data_source(cfg, meta)
+    extras, domain = dataset_extras(source), domain_for(meta["shape"])
+    n_heldout = min(cfg.eval.n, 5000)
+    heldout_noise = fill_noise(torch.empty(n_heldout, *meta["shape"]),
+                               torch.Generator().manual_seed(cfg.eval.seed), n_heldout,
+                               meta["sigma_max"])
+    heldout_labels = (seeded_labels(n_heldout, meta["num_classes"], cfg.eval.seed)
+                      if meta["num_classes"] else None)
+    heldout_scorer = functools.cache(lambda: domain.heldout_scorer(
+        cfg, source is not None, heldout_labels, device))
 
     def evaluate(ema: torch.nn.Module, step: int) -> dict[str, float]:
-        """The error on the first training pairs, and the dataset's extras."""
+        """The error on the first training pairs, and the held-out scores."""
         with torch.no_grad():
             ema.eval()
             labels = probe["label"] if meta["num_classes"] else None  # a store's may be unused
             res = {"pair_mse": (ema(probe["noise"], labels) - probe["clean"]).square().mean()
                    .item()}
+        score = heldout_scorer()
+        if extras is not None or score is not None:
+            x = draw(ema, heldout_noise, heldout_labels, domain.sample_batch(cfg.eval), device)
             if extras is not None:
-                res.update(extras.training_metrics(ema(probe_noise).cpu().numpy()))
+                res.update(extras.training_metrics(x))
+            if score is not None:
+                res.update(score(x))
         return res
 
     def preview(ema: torch.nn.Module, png: Path) -> Path:

@@ -225,6 +225,22 @@ class Images:
             settings["classifier_heldout_accuracy"] = clf.settings.get("heldout_accuracy")
         return Scorer(score, settings)
 
+    def heldout_scorer(self, cfg: Config, data_known: bool, labels: torch.Tensor | None,
+                       device: torch.device) -> Callable[[np.ndarray], dict[str, float]] | None:
+        """What the in-training evaluation scores of a student's samples (N, C, H, W) on
+        held-out noise with ``labels`` (N,) or None: FD and KID on ``eval.extractor``'s
+        features against the real images ``kdm eval`` uses, and class accuracy (not the
+        ``eval.more_extractors``, to keep it cheap); None when the teacher's data is not
+        known."""
+        if not data_known:
+            return None
+        import dataclasses
+
+        one = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, more_extractors=[]))
+        reference = self.reference(one, True, None, None, 0.0, 0, device)
+        score = self.scorer(one, reference, labels, device).score
+        return lambda samples: score(samples, None)
+
     def paired(self, samples: np.ndarray, target: np.ndarray) -> dict[str, float]:
         """``paired_mse`` of samples against targets made from the same noise."""
         import numpy as np

@@ -173,6 +173,12 @@ class Vectors:
 
         return Scorer(score, {})
 
+    def heldout_scorer(self, cfg: Config, data_known: bool, labels: torch.Tensor | None,
+                       device: torch.device) -> Callable[[np.ndarray], dict[str, float]] | None:
+        """None: vectors are scored against fresh teacher samples, which training does not
+        have (a dataset's extras, e.g. the checkerboard's inside rate, score them instead)."""
+        return None
+
     def paired(self, samples: np.ndarray, target: np.ndarray) -> dict[str, float]:
         """``paired_*`` errors of samples against targets made from the same noise."""
         from ..metrics.vectors import paired_error
