@@ -4,7 +4,7 @@ Writes a checkerboard pair store (noise x_T ~ N(0, I), clean x_0 = checkerboard 
 pairing does not matter for speed), then runs ``kdm train`` with the checkerboard preset's
 networks (three 256x5 MLPs) for a fixed number of steps at each global batch size:
 
-- 1 process, 1 thread (``OMP_NUM_THREADS=1``);
+- 1 process, 1 thread (``OMP_NUM_THREADS=1``, ``train.threads=1``);
 - 2 processes, 1 thread each (``torchrun --standalone --nproc_per_node 2``, gloo);
 - 1 process, 2 threads (the same cores used by intra-op threads instead, for reference).
 
@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def train(store: Path, run: Path, procs: int, threads: int, steps: int, batch: i
                  "--nproc_per_node", str(procs)] if procs > 1 else [sys.executable])
     sets = [f"train.steps={steps}", f"train.batch_size={batch}", "train.eval_every=0",
             f"train.ckpt_every={steps}", f"train.log_every={steps // 10}", "train.device=cpu",
-            "train.progress=false"]
+            "train.progress=false", f"train.threads={threads}"]
     cmd = [*launcher, "-m", "koopman_distill.cli", "train", "--preset", "checkerboard",
            "--pairs", str(store), "--out", str(run), *(a for s in sets for a in ("--set", s))]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -91,7 +92,9 @@ def main() -> None:
     table = "\n".join(lines)
     print("\n" + table)
     (args.out / "ddp_throughput.md").write_text(table + "\n")
-    (args.out / "ddp_throughput.json").write_text(json.dumps(results, indent=2) + "\n")
+    result = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+              "torch": torch.__version__, "cpus": os.cpu_count(), "rows": results}
+    (args.out / "ddp_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
