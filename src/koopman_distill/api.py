@@ -336,19 +336,23 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
     # the first pairs, scored in training: at least 256, and 4096 numbers
     probe_rows = min(len(data), max(256, 4096 // math.prod(meta["shape"])))
     probe = {k: v.to(device) for k, v in data.rows(torch.arange(probe_rows)).items()}
-    # Held-out quality of samples from the first min(eval.n, 5000) noise draws (and labels)
-    # of ``kdm eval``: the domain's (images: FD, KID, class accuracy against the real images)
-    # and the dataset's extras (the checkerboard's inside rate). Built at the first evaluation.
     source = data_source(cfg, meta)
     extras, domain = dataset_extras(source), domain_for(meta["shape"])
-    n_heldout = min(cfg.eval.n, 5000)
-    heldout_noise = fill_noise(torch.empty(n_heldout, *meta["shape"]),
-                               torch.Generator().manual_seed(cfg.eval.seed), n_heldout,
-                               meta["sigma_max"])
-    heldout_labels = (seeded_labels(n_heldout, meta["num_classes"], cfg.eval.seed)
-                      if meta["num_classes"] else None)
-    heldout_scorer = functools.cache(lambda: domain.heldout_scorer(
-        cfg, source is not None, heldout_labels, device))
+
+    @functools.cache
+    def heldout() -> tuple[torch.Tensor, torch.Tensor | None, Any] | None:
+        """The first min(eval.n, 5000) noise draws (n, *shape) and labels (n,) or None of
+        ``kdm eval``, and the domain's scorer of samples from them (images: FD, KID, class
+        accuracy against the real images); None when neither it nor the dataset's extras
+        (the checkerboard's inside rate) score them. Built at the first evaluation."""
+        n, k = min(cfg.eval.n, 5000), meta["num_classes"]
+        labels = seeded_labels(n, k, cfg.eval.seed) if k else None
+        score = domain.heldout_scorer(cfg, source is not None, labels, device)
+        if extras is None and score is None:
+            return None
+        noise = fill_noise(torch.empty(n, *meta["shape"]),
+                           torch.Generator().manual_seed(cfg.eval.seed), n, meta["sigma_max"])
+        return noise, labels, score
 
     def evaluate(ema: torch.nn.Module, step: int) -> dict[str, float]:
         """The error on the first training pairs, and the held-out scores."""
@@ -357,9 +361,10 @@ def _fit_kdm(cfg: Config, meta: dict[str, Any], out: Path, store: PairStore,
             labels = probe["label"] if meta["num_classes"] else None  # a store's may be unused
             res = {"pair_mse": (ema(probe["noise"], labels) - probe["clean"]).square().mean()
                    .item()}
-        score = heldout_scorer()
-        if extras is not None or score is not None:
-            x = draw(ema, heldout_noise, heldout_labels, domain.sample_batch(cfg.eval), device)
+        held = heldout()
+        if held is not None:
+            noise, held_labels, score = held
+            x = draw(ema, noise, held_labels, domain.sample_batch(cfg.eval), device)
             if extras is not None:
                 res.update(extras.training_metrics(x))
             if score is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -234,9 +234,7 @@ class Images:
         known."""
         if not data_known:
             return None
-        import dataclasses
-
-        one = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, more_extractors=[]))
+        one = replace(cfg, eval=replace(cfg.eval, more_extractors=[]))
         reference = self.reference(one, True, None, None, 0.0, 0, device)
         score = self.scorer(one, reference, labels, device).score
         return lambda samples: score(samples, None)
