@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import assert_pairs_resume_bitwise, kdm
 
+from koopman_distill.bench import run_bench
 from koopman_distill.config import PairsConfig
 from koopman_distill.errors import KDMError
 from koopman_distill.pairs import PairStore
@@ -164,6 +165,36 @@ def test_pixel_pipeline_end_to_end(tmp_path, capsys):
     res = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert res["teacher"]["nfe"] == 4 and res["teacher"]["paired_mse"] == 0.0
     assert res["student"]["fd"] > 0
+    capsys.readouterr()
+
+
+def test_the_digits_bench_suite_distils_a_diffusers_folder(tmp_path, capsys):
+    folder = pipeline(tmp_path / "ddpm", unet(8), scheduler())
+    out = tmp_path / "bench"
+    assert kdm("bench", "digits", "--quick", "--teacher", f"diffusers:{folder}", "--out", out,
+               "--set", "data.conditional=false", "--set", "pairs.steps=4") == 0
+    res = json.loads((out / "bench.json").read_text())
+    assert (res["suite"], res["preset"]) == ("digits", "digits8")
+    assert PairStore(out / "pairs").manifest["teacher"]["kind"] == "diffusers"
+    # a teacher of the user's given to a suite learned its data: scored against real digits
+    assert res["data"] == "digits" and res["reference"]["name"].startswith("sklearn load_digits")
+    rows = {r["name"]: r for r in res["rows"]}
+    own = rows["teacher (DDIM x4)"]
+    assert own["nfe"] == 4 and own["paired_mse"] == 0.0
+    assert {"KDM (1 step)", "KD (1 step)", "teacher (Euler x16)"} <= set(rows)
+    # a teacher whose images are not the suite's: one line, before any student is trained
+    wide = pipeline(tmp_path / "ddpm16", unet(16), scheduler())
+    assert kdm("bench", "digits", "--quick", "--teacher", f"diffusers:{wide}", "--out",
+               tmp_path / "wide", "--set", "data.conditional=false", "--set", "pairs.steps=2") == 2
+    assert ("holds (1, 16, 16) images but data.* describes (1, 8, 8) digits images; set "
+            "data.resolution and data.channels to the teacher's" in capsys.readouterr().err)
+    assert not (tmp_path / "wide" / "kdm").exists()
+    # through the API without teacher_data its data is not known: scored against its pairs
+    res = run_bench("digits", tmp_path / "api", quick=True, pairs=out / "pairs",
+                    overrides=["data.conditional=false", "eval.extractor=effnet",
+                               "eval.effnet_resolution=32"])
+    assert res["data"] is None and res["reference"]["name"].startswith("training pairs")
+    assert res["reference"]["n"] == 64  # eval.n of the store's pairs
     capsys.readouterr()
 
 

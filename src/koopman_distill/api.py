@@ -296,6 +296,14 @@ def train_kdm(cfg: Config, pairs: str | Path, out: str | Path,
                        "data.* settings")
     if recorded:  # the data the teacher learned is part of the record
         cfg.data = Config.from_dict(store.manifest["config"]).data
+    elif teacher_data and len(store.shape) == 3 and not (
+            store.manifest.get("teacher") or {}).get("latent"):  # pixels, not a VAE's latents
+        d = cfg.data
+        if tuple(store.shape) != (d.channels, d.resolution, d.resolution):
+            raise KDMError(f"pair store {pairs} holds {tuple(store.shape)} images but data.* "
+                           f"describes ({d.channels}, {d.resolution}, {d.resolution}) "
+                           f"{d.source} images; set data.resolution and data.channels to the "
+                           "teacher's, or drop data.*")
     meta = {"kind": "kdm", "sigma_max": store.sigma_max, "pairs": str(Path(pairs).resolve()),
             "n_pairs": len(store), "teacher": store.manifest.get("teacher"),
             "nfe_teacher": store.manifest.get("nfe"), "shape": list(store.shape),

@@ -9,7 +9,7 @@ time grid) and at its full NFE (the sampler that made the pairs); the rectified 
 2 and 4 steps. Columns, the plotted metric and the quality check come from the data's domain
 (and the checkerboard's extras on the checkerboard).
 
-Ablations (issue 20):
+Ablations:
 
 - ``adv``: which students get the adversarial term at the suite's ``model.w_adv``
   (:data:`ADV_MODES`). ``kdm`` (default): KDM only, as each method is defined; ``all``: every
@@ -50,6 +50,7 @@ from .evaluation.extras import dataset_extras
 from .evaluation.runs import evaluate_students, result_columns
 from .evaluation.table import Column, fmt, markdown
 from .io import atomic_write, write_json
+from .pairs import PairStore
 from .protocols import Teacher
 from .students import NAMES, student_label
 
@@ -125,11 +126,13 @@ def bench_students(adv: str, w_adv: float) -> tuple[BenchStudent, ...]:
 def run_bench(suite: str, out: str | Path, quick: bool = False,
               overrides: list[str] | None = None, teacher: str | Path | Teacher | None = None,
               pairs: str | Path | None = None, preset_name: str | None = None,
-              seeds: int = 1, adv: str = "kdm") -> dict[str, Any]:
-    """Train the teacher (or reuse ``teacher``: a teacher run directory, or any
-    :class:`~.protocols.Teacher` object), make pairs (or reuse ``pairs``), train every student
-    of ``adv`` (:data:`ADV_MODES`) ``seeds`` times, evaluate all side by side; returns the
-    result written to ``out/bench.json``."""
+              seeds: int = 1, adv: str = "kdm", teacher_data: bool = False) -> dict[str, Any]:
+    """Train the teacher (or reuse ``teacher``: a teacher run directory, a spec such as
+    ``diffusers:DIR``, or any :class:`~.protocols.Teacher` object), make pairs (or reuse
+    ``pairs``), train every student of ``adv`` (:data:`ADV_MODES`) ``seeds`` times, evaluate
+    all side by side; returns the result written to ``out/bench.json``. ``teacher_data``: the
+    pairs' teacher, when its store does not record its data, learned the config's ``data.*``
+    (scored against those real images), as in :func:`~.api.train_kdm`."""
     cfg = suite_config(suite, quick, overrides, preset_name)
     if type(seeds) is not int or seeds < 1:
         raise KDMError(f"--seeds must be a positive integer, got {seeds!r}")
@@ -145,6 +148,7 @@ def run_bench(suite: str, out: str | Path, quick: bool = False,
         pairs = out / "pairs"
         print(f"[pairs] -> {pairs}")
         make_pairs(teacher, pairs, cfg, progress=cfg.train.progress)
+    teacher_data = teacher_data and not PairStore(pairs).manifest.get("config")
     runs: dict[str, Path] = {}
     names: dict[str, str] = {}
     member: dict[str, BenchStudent] = {}  # run key -> its student
@@ -156,7 +160,8 @@ def run_bench(suite: str, out: str | Path, quick: bool = False,
             runs[key], member[key] = out / key, s
             names[key] = s.name if seeds == 1 else f"{s.name}, seed {seed}"
             run_stage(key, runs[key], scfg,
-                      lambda c=scfg, r=runs[key]: train_kdm(c, pairs, r), timings)
+                      lambda c=scfg, r=runs[key]: train_kdm(c, pairs, r, teacher_data),
+                      timings)
     given = None if teacher is None or isinstance(teacher, (str, os.PathLike)) else teacher
     order = sorted(runs, key=lambda k: students.index(member[k]))  # rows by student
     result = evaluate_students({k: runs[k] for k in order}, cfg, teacher=given, names=names)

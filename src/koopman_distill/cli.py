@@ -627,7 +627,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     result = run_bench(args.suite, args.out, quick=args.quick, overrides=args.set or [],
                        teacher=args.teacher, pairs=args.pairs, preset_name=args.preset,
-                       seeds=args.seeds, adv=args.adv)
+                       seeds=args.seeds, adv=args.adv, teacher_data=True)
     print("\n" + bench_markdown(result))
     print(f"results: {Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.md'}, "
           f"{result['plot']}")
@@ -903,15 +903,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="KDM vs the kd and rectified baselines and the teacher "
                        "at several NFE, trained on the same pairs and measured in one run",
                        epilog=EPILOG)
-    s.add_argument("suite", choices=list(BENCH_SUITES), help="checkerboard (2-D) or fashion16 "
-                   "(class-conditional Fashion-MNIST 16x16)")
+    s.add_argument("suite", choices=list(BENCH_SUITES), help="checkerboard (2-D), fashion16 "
+                   "(class-conditional Fashion-MNIST 16x16) or digits (8x8 digits; give a "
+                   "diffusers teacher with --teacher diffusers:DIR)")
     s.add_argument("--out", required=True, help="output directory (stages in it are reused)")
     s.add_argument("--quick", action="store_true", help="toy budgets (seconds), for a smoke "
-                   "test; the image suite then uses the 8x8 digits")
-    s.add_argument("--teacher", help="reuse this teacher run instead of training one")
+                   "test; the image suites then use the 8x8 digits")
+    s.add_argument("--teacher", help="reuse this teacher run, or a teacher spec such as "
+                   "diffusers:DIR, instead of training one; a teacher of yours is taken to "
+                   "have learned the suite's data (its real images are the reference)")
     s.add_argument("--pairs", help="reuse this pair store (its teacher must be on this machine)")
     s.add_argument("--preset", help="budget preset on the suite's data (default: checkerboard-"
-                   "demo / fashion16-cond; e.g. checkerboard for the full 2-D budget)")
+                   "demo / fashion16-cond / digits; e.g. checkerboard for the full 2-D "
+                   "budget)")
     s.add_argument("--seeds", type=_count, default=1, metavar="N", help="train every student N "
                    "times, with train.seed, train.seed + 1, ...; rows show mean ± std (default 1)")
     from .config import BENCH_ADV  # kept with the bench parser it serves

@@ -475,6 +475,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"n": 64, "extractor": "classifier", "batch_size": 64, "kid_subset": 32,
                  "classifier_steps": 60},
     },
+    # The digits suite (`kdm bench digits`): unconditional 8x8 digits, the digits example's
+    # student budget and evaluation; a diffusers teacher comes with --teacher diffusers:DIR,
+    # else this EDM teacher is trained.
+    "digits": {
+        "data": {"source": "digits", "resolution": 8, "channels": 1, "n": 0},
+        "teacher": {"kind": "edm", "sigma_max": 80.0, "steps": 18,
+                    "unet": {"channels": 16, "channel_mult": [1, 2], "num_blocks": 1,
+                             "attn_resolutions": [], "dropout": 0.0}},
+        "teacher_train": {"steps": 2000, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine",
+                          "warmup": 200, "ema_decay": 0.999, "ckpt_every": 500,
+                          "log_every": 50},
+        "pairs": {"n": 5000, "shard_size": 1000, "batch_size": 500, "clean_dtype": "float16",
+                  "store_noise": False},
+        "model": {"unet": {"channels": 8, "channel_mult": [1, 2], "num_blocks": 1,
+                           "attn_resolutions": [], "dropout": 0.0},
+                  "latent_channels": 1, "w_adv": 0.01},
+        "train": {"steps": 1500, "batch_size": 64, "lr": 2e-3, "eval_every": 500,
+                  "ckpt_every": 500},
+        "eval": {"n": 2000, "extractor": "effnet", "effnet_resolution": 64, "batch_size": 250},
+    },
     "cifar10": _paper("cifar10-train.npz", 32, 1_000_000),
     "cifar10-cond": _paper("cifar10-train.npz", 32, 1_000_000, conditional=True),
     "ffhq64": _paper("ffhq-64x64.npz", 64, 1_000_000, projection=512, channels=32),
@@ -484,7 +504,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # `kdm bench` suites: the preset of the full run and the preset of `--quick`.
 BENCH_SUITES = {"checkerboard": ("checkerboard-demo", "checkerboard-tiny"),
-                "fashion16": ("fashion16-cond", "digits8")}
+                "fashion16": ("fashion16-cond", "digits8"), "digits": ("digits", "digits8")}
 # kdm bench --adv: which students get the adversarial term (bench.ADV_MODES)
 BENCH_ADV = ("kdm", "all", "none", "both")
 

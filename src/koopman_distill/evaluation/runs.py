@@ -107,6 +107,17 @@ def student_candidates(gen: StudentRun, every_step_count: bool = False,
                       gen.params, seconds) for k in counts]
 
 
+def first_pairs(store: PairStore, gen: StudentRun, e: EvalConfig,
+                device: torch.device) -> dict[str, np.ndarray]:
+    """The store's first ``e.n`` pairs, a latent store's clean side decoded to images
+    (N, C, H, W): what evaluation scores against when the teacher's data is not known."""
+    pairs = store.load(np.arange(min(e.n, len(store))))
+    if gen.decode is not None:
+        pairs["clean"] = draw(lambda z, y: gen.decode(z), torch.from_numpy(pairs["clean"]),
+                              None, gen.domain.sample_batch(e), device)
+    return pairs
+
+
 # -- kdm eval -------------------------------------------------------------------------------
 def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Path | None = None,
                  make_plots: bool = True, teacher: Teacher | None = None,
@@ -125,10 +136,7 @@ def evaluate_run(run: str | Path, ecfg: EvalConfig | None = None, out: str | Pat
     extras = dataset_extras(source)
     if teacher is None and store is not None:
         teacher = store_teacher(store, dev)
-    pairs = store.load(np.arange(min(e.n, len(store)))) if store is not None else None
-    if pairs is not None and gen.decode is not None:  # latents: scored as decoded images
-        pairs["clean"] = draw(lambda z, y: gen.decode(z), torch.from_numpy(pairs["clean"]),
-                              None, domain.sample_batch(e), dev)
+    pairs = first_pairs(store, gen, e, dev) if store is not None else None
     full = (decoded(teacher_candidates(teacher, store, euler=()), gen.decode)
             if teacher is not None else [])
     student = student_candidates(gen)
@@ -218,7 +226,8 @@ def evaluate_students(runs: Mapping[str, str | Path], cfg: Config,
     shown = {key: (names or {}).get(key) or student_name(g.cfg.model) for key, g in gens.items()}
     students = {key: student_candidates(g, True, shown[key]) for key, g in gens.items()}
     candidates = [*teacher_rows, *(c for cs in students.values() for c in cs)]
-    reference = domain.reference(scored, source is not None, full.sample, None,
+    reference = domain.reference(scored, source is not None, full.sample,
+                                 first_pairs(store, first, e, device) if source is None else None,
                                  first.sigma_max, first.num_classes, device)
     ev = evaluate(candidates, domain, first.noise(e.n, e.seed), first.labels(e.n, e.seed),
                   reference, scored, device=device, paired_with=full.name, extras=extras,
