@@ -5,10 +5,12 @@ beside one other CPU-bound process (a busy loop), in one run.
 Each measurement is a fresh ``kdm`` process: ``kdm pairs`` making ``--pairs`` pairs with the
 checkerboard-demo teacher (its network and sampler, Heun x25; trained a few steps only, since
 speed does not depend on the weights) and ``kdm train --preset checkerboard-demo`` for
-``--steps`` KDM steps (the trainer's own wall time, from ``log.jsonl``). Writes
-``OUT/threads.json`` and prints a markdown table.
+``--steps`` KDM steps (the trainer's own wall time, from ``log.jsonl``). With ``--repeats N``
+every cell is measured N times, the cells in turn within each round (so that a drift of the
+machine's speed reaches all of them alike); a row holds the mean and, per quantity, its runs
+and their sample standard deviation. Writes ``OUT/threads.json`` and prints a markdown table.
 
-    python benchmarks/threads.py --out runs/threads
+    python benchmarks/threads.py --out runs/threads --repeats 3
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -59,6 +62,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=1000, help="KDM steps per measurement")
     ap.add_argument("--pairs", type=int, default=20000, help="pairs per measurement")
+    ap.add_argument("--repeats", type=int, default=1, help="measurements per cell")
     args = ap.parse_args()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
@@ -68,10 +72,12 @@ def main() -> None:
             "teacher_train.steps=50")
     if not pairs.exists():
         kdm("pairs", "--teacher", teacher, "--out", pairs, "--n", args.pairs)
-    rows = []
-    for loaded in (False, True):
-        for mode, n in MODES.items():
-            threads = ["--set", f"train.threads={n}"]
+    cells = [(loaded, mode) for loaded in (False, True) for mode in MODES]
+    runs: dict[tuple[bool, str], dict[str, list[float]]] = {
+        c: {"pairs_s": [], "train_s": []} for c in cells}
+    for _ in range(args.repeats):
+        for loaded, mode in cells:
+            threads = ["--set", f"train.threads={MODES[mode]}"]
             tmp = root / "tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             with competitor(loaded):
@@ -81,14 +87,22 @@ def main() -> None:
                     tmp / "k", "--set", f"train.steps={args.steps}", "--set",
                     "train.eval_every=0", "--set", f"train.ckpt_every={args.steps}",
                     "--set", "train.progress=false", *threads)
-            rows.append({"threads": mode, "other_process": loaded, "pairs_s": pair_s,
-                         "train_s": train_seconds(tmp / "k")})
-            print(json.dumps(rows[-1]), flush=True)
+            runs[loaded, mode]["pairs_s"].append(pair_s)
+            runs[loaded, mode]["train_s"].append(train_seconds(tmp / "k"))
+            print(mode, loaded, {k: v[-1] for k, v in runs[loaded, mode].items()}, flush=True)
     shutil.rmtree(root / "tmp", ignore_errors=True)
+    rows = []
+    for loaded, mode in cells:
+        row: dict = {"threads": mode, "other_process": loaded}
+        for key, values in runs[loaded, mode].items():
+            row[key] = statistics.fmean(values)
+            row[f"{key}_runs"] = values
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        rows.append(row)
     result = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
               "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
                           "python": platform.python_version()},
-              "steps": args.steps, "pairs": args.pairs, "rows": rows}
+              "steps": args.steps, "pairs": args.pairs, "repeats": args.repeats, "rows": rows}
     (root / "threads.json").write_text(json.dumps(result, indent=2) + "\n")
     one = {r["other_process"]: r for r in rows if r["threads"] == "fixed 1"}
     print("| threads | other process | pairs (s) | x fixed 1 | train (s) | x fixed 1 |")
